@@ -1,0 +1,100 @@
+"""Binarizers with straight-through gradients, as BONN uses them.
+
+Decisions (see docs/method.md):
+- sign(0) = +1, so every value maps to exactly one bit (bit 1 = negative). The engine packs the same way.
+- Binary convolutions pad their (already binarized) input with +1, not 0 ("one-padding"): padded taps
+  cost nothing when packed and the engine reproduces them bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sign_pm1(x: torch.Tensor) -> torch.Tensor:
+    """sign with sign(0) = +1; values are exactly +-1."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+class SignSTE(torch.autograd.Function):
+    """Forward: sign_pm1(a). Backward: clipped straight-through estimator, g * 1{|a| <= 1}."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a)
+        return sign_pm1(a)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (a,) = ctx.saved_tensors
+        return g * (a.abs() <= 1).to(g.dtype)
+
+
+class BinaryWeight(torch.autograd.Function):
+    """BONN kernel binarization X_hat = mean(w) * sign(X) with the paper's asynchronous gradients.
+
+    X: latent weights (Co, Ci, kh, kw); w: reconstruction vector with one entry per element of a filter
+    (Ci*kh*kw), shared by every filter of the layer. The forward pass uses the scalar mean of w; the backward
+    pass uses the full vector (paper Eqs. 11-16):
+        dL/dX_i = g_i * 1{|w o X_i| <= 1} * w
+        dL/dw   = sum_i g_i * 1{|w o X_i| <= 1} * X_i
+    """
+
+    @staticmethod
+    def forward(ctx, X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(X, w)
+        return w.mean() * sign_pm1(X)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        X, w = ctx.saved_tensors
+        Xf = X.reshape(X.shape[0], -1)
+        gf = g.reshape(X.shape[0], -1)
+        inside = ((w * Xf).abs() <= 1).to(g.dtype)
+        gX = (gf * inside * w).reshape_as(X)
+        gw = (gf * inside * Xf).sum(dim=0)
+        return gX, gw
+
+
+class BinaryActivation(nn.Module):
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return SignSTE.apply(a)
+
+
+class BinaryConv2d(nn.Module):
+    """3x3 (or kxk) binary convolution scaled by one learned positive scalar per layer (mean of `recon`).
+
+    The input must already be +-1. Padding uses the value +1 (one-padding).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        # Reconstruction vector w (paper Eq. 1); one entry per filter element. Initialised to the mean |X|
+        # so the first forward pass has an XNOR-like scale (decision, docs/method.md).
+        k = in_channels * kernel_size * kernel_size
+        self.recon = nn.Parameter(torch.full((k,), float(self.weight.detach().abs().mean())))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The forward scale: mean of the reconstruction vector."""
+        return self.recon.mean()
+
+    def binary_weight(self) -> torch.Tensor:
+        return BinaryWeight.apply(self.weight, self.recon)
+
+    def forward(self, x_sign: torch.Tensor) -> torch.Tensor:
+        p = self.padding
+        if p:
+            x_sign = F.pad(x_sign, (p, p, p, p), value=1.0)
+        return F.conv2d(x_sign, self.binary_weight(), stride=self.stride)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding} (+1)")
