@@ -1,0 +1,125 @@
+// The tiled direct conv shared by every popcount path. Included by exactly one bconv_<path>.cc each; everything
+// here has internal linkage so each file gets its own copy compiled with its own ISA flags (no ODR mixing).
+//
+// Work unit: a tile of MK::P consecutive output pixels (flattened over N*OH*OW, so batch > 1 just adds tiles).
+// For a tile we build an indirection table ptrs[p][tap] -> Cw input words (or a shared all-zero row for padded
+// taps: one-padding is free), then run the micro-kernel once per block of MK::OB output channels over the
+// repacked weights [Co/OB][K*K][Cw][OB], collecting popcounts for the tile in a small int32 buffer, and finally
+// apply the output transform per pixel. No im2col copy is made; tiles are split over the thread pool.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "bconv_internal.h"
+#include "bitpack.h"
+
+namespace bonn {
+namespace {
+
+struct AlignedWords {
+  uint64_t* p = nullptr;
+  explicit AlignedWords(size_t n) {
+    size_t bytes = ((n * sizeof(uint64_t) + 63) / 64) * 64;
+    p = static_cast<uint64_t*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, bytes);
+  }
+  ~AlignedWords() { std::free(p); }
+  AlignedWords(const AlignedWords&) = delete;
+  AlignedWords& operator=(const AlignedWords&) = delete;
+};
+
+// The output transform for one pixel, one channel at a time; the reference formula, in the same float order.
+inline void epilogue_scalar(const int32_t* pc, int Co, int kkc, const OutputTransform& ot, int64_t pix) {
+  float* out = ot.out ? ot.out + pix * Co : nullptr;
+  const float* res = ot.residual ? ot.residual + pix * Co : nullptr;
+  uint64_t* nb = ot.next_packed ? ot.next_packed + pix * words_for(Co) : nullptr;
+  uint64_t word = 0;
+  for (int o = 0; o < Co; ++o) {
+    float y = ot.alpha * static_cast<float>(kkc - 2 * pc[o]);
+    if (ot.prelu) y = y >= 0.f ? y : ot.prelu[o] * y;
+    if (res) y += res[o];
+    if (out) out[o] = y;
+    if (nb) {
+      float t = y * ot.next_scale[o] + ot.next_shift[o];
+      word |= static_cast<uint64_t>(t < 0.f) << (o & 63);
+      if ((o & 63) == 63 || o == Co - 1) {
+        nb[o >> 6] = word;
+        word = 0;
+      }
+    }
+  }
+}
+
+template <class MK>
+class TiledConv final : public ConvKernel {
+ public:
+  static constexpr int P = MK::P;
+  static constexpr int OB = MK::OB;
+
+  TiledConv(const uint64_t* w, int Co, int K, int Ci, int stride, int pad)
+      : Co_(Co), K_(K), Ci_(Ci), Cw_(words_for(Ci)), stride_(stride), pad_(pad), nob_((Co + OB - 1) / OB),
+        weights_(static_cast<size_t>(nob_) * K * K * Cw_ * OB), zeros_(static_cast<size_t>(Cw_)) {
+    // OHWI_bits64 [Co][K*K][Cw]  ->  [Co/OB][K*K][Cw][OB]; missing channels of the last block stay zero.
+    const int KK = K * K;
+    for (int o = 0; o < Co; ++o)
+      for (int t = 0; t < KK; ++t)
+        for (int c = 0; c < Cw_; ++c)
+          weights_.p[((static_cast<size_t>(o / OB) * KK + t) * Cw_ + c) * OB + o % OB] =
+              w[(static_cast<size_t>(o) * KK + t) * Cw_ + c];
+  }
+
+  void run(const uint64_t* in, const ConvShape& s, const OutputTransform& ot, ThreadPool& pool) const override {
+    const int OH = s.OH(), OW = s.OW(), KK = K_ * K_;
+    const int64_t npix = static_cast<int64_t>(s.N) * OH * OW;
+    const int64_t ntiles = (npix + P - 1) / P;
+    const int ldd = nob_ * OB;
+    const int kkc = KK * Ci_;
+    pool.parallel_for(ntiles, [&](int64_t t0, int64_t t1) {
+      std::vector<const uint64_t*> ptrs(static_cast<size_t>(P) * KK);
+      std::vector<int32_t> pc(static_cast<size_t>(P) * ldd + 16);
+      for (int64_t tile = t0; tile < t1; ++tile) {
+        const int64_t q0 = tile * P;
+        for (int p = 0; p < P; ++p) fill_taps(in, s, OH, OW, q0 + p, npix, &ptrs[static_cast<size_t>(p) * KK]);
+        for (int ob = 0; ob < nob_; ++ob)
+          MK::tile(ptrs.data(), KK, Cw_, weights_.p + static_cast<size_t>(ob) * KK * Cw_ * OB, pc.data() + ob * OB,
+                   ldd);
+        const int valid = static_cast<int>(npix - q0 < P ? npix - q0 : P);
+        for (int p = 0; p < valid; ++p) MK::epilogue(pc.data() + static_cast<size_t>(p) * ldd, Co_, kkc, ot, q0 + p);
+      }
+    });
+  }
+
+ private:
+  // Indirection for output pixel q: one pointer per tap, to the input pixel's Cw words or to the zero row.
+  void fill_taps(const uint64_t* in, const ConvShape& s, int OH, int OW, int64_t q, int64_t npix,
+                 const uint64_t** taps) const {
+    const int KK = K_ * K_;
+    if (q >= npix) {
+      for (int t = 0; t < KK; ++t) taps[t] = zeros_.p;
+      return;
+    }
+    const int64_t n = q / (static_cast<int64_t>(OH) * OW);
+    const int rem = static_cast<int>(q - n * OH * OW);
+    const int oy = rem / OW, ox = rem % OW;
+    const int iy0 = oy * stride_ - pad_, ix0 = ox * stride_ - pad_;
+    for (int ky = 0; ky < K_; ++ky) {
+      const int iy = iy0 + ky;
+      for (int kx = 0; kx < K_; ++kx) {
+        const int ix = ix0 + kx;
+        const bool inside = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W;
+        taps[ky * K_ + kx] = inside ? in + ((n * s.H + iy) * s.W + ix) * Cw_ : zeros_.p;
+      }
+    }
+  }
+
+  int Co_, K_, Ci_, Cw_, stride_, pad_, nob_;
+  AlignedWords weights_;
+  AlignedWords zeros_;
+};
+
+}  // namespace
+}  // namespace bonn

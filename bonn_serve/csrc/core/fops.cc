@@ -1,0 +1,222 @@
+// Float ops: ISA dispatch, the conv driver (weight repacking + work split) and the cheap elementwise ops.
+#include "fops.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace bonn {
+
+namespace {
+constexpr int kVec = 16;       // output channels per packed weight block (one zmm, two ymm)
+constexpr int kCoChunk = 64;   // output channels per parallel task
+
+bool cpu_has(FloatIsa isa) {
+  switch (isa) {
+    case FloatIsa::kScalar:
+      return true;
+#if defined(__x86_64__) || defined(_M_X64)
+    case FloatIsa::kAVX2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case FloatIsa::kAVX512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#endif
+    default:
+      return false;
+  }
+}
+}  // namespace
+
+const char* float_isa_name(FloatIsa isa) {
+  switch (isa) {
+    case FloatIsa::kScalar: return "scalar";
+    case FloatIsa::kAVX2: return "avx2";
+    case FloatIsa::kAVX512: return "avx512";
+  }
+  return "?";
+}
+
+std::vector<FloatIsa> supported_float_isas() {
+  std::vector<FloatIsa> out;
+  for (FloatIsa isa : {FloatIsa::kScalar, FloatIsa::kAVX2, FloatIsa::kAVX512})
+    if (cpu_has(isa)) out.push_back(isa);
+  return out;
+}
+
+FloatIsa select_float_isa() {
+  const char* env = std::getenv("BONN_FLOAT_ISA");
+  if (env && *env) {
+    for (FloatIsa isa : {FloatIsa::kScalar, FloatIsa::kAVX2, FloatIsa::kAVX512}) {
+      if (std::string(env) == float_isa_name(isa)) {
+        if (!cpu_has(isa)) throw std::runtime_error(std::string("BONN_FLOAT_ISA=") + env + ": not supported by this CPU");
+        return isa;
+      }
+    }
+    throw std::runtime_error(std::string("BONN_FLOAT_ISA=") + env + ": unknown (use scalar, avx2 or avx512)");
+  }
+  return supported_float_isas().back();
+}
+
+// ------------------------------------------------------------------------------------------------- conv
+FloatConv2d::FloatConv2d(const float* weight, const float* bias, int Co, int K, int Ci, int stride, int pad,
+                         bool relu, FloatIsa isa)
+    : Co_(Co), K_(K), Ci_(Ci), stride_(stride), pad_(pad), relu_(relu), isa_(isa) {
+  if (Co < 1 || K < 1 || Ci < 1 || stride < 1 || pad < 0)
+    throw std::invalid_argument("FloatConv2d: invalid geometry");
+  if (!cpu_has(isa)) throw std::runtime_error(std::string("FloatConv2d: ISA ") + float_isa_name(isa) + " not supported");
+  CoP_ = (Co + kVec - 1) / kVec * kVec;
+  const size_t taps = size_t(K) * K * Ci;
+  w_ohwi_.assign(weight, weight + taps * Co);
+  w_hwio_.assign(taps * CoP_, 0.f);
+  for (int o = 0; o < Co; ++o)
+    for (size_t t = 0; t < taps; ++t) w_hwio_[t * CoP_ + o] = weight[size_t(o) * taps + t];
+  bias_.assign(CoP_, 0.f);
+  std::copy(bias, bias + Co, bias_.begin());
+}
+
+void FloatConv2d::run_padded(const float* in, int N, int Hp, int Wp, float* out, ThreadPool& pool) const {
+  const int OH = (Hp - K_) / stride_ + 1, OW = (Wp - K_) / stride_ + 1;
+  if (Hp < K_ || Wp < K_) throw std::invalid_argument("FloatConv2d: input smaller than the kernel");
+  const int chunks = (Co_ + kCoChunk - 1) / kCoChunk;
+  const int64_t tasks = int64_t(N) * OH * chunks;
+  const size_t img_in = size_t(Hp) * Wp * Ci_, img_out = size_t(OH) * OW * Co_;
+  pool.parallel_for(tasks, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int chunk = int(i % chunks);
+      const int64_t row = i / chunks;
+      const int n = int(row / OH), oh = int(row % OH);
+      FConvTask t;
+      t.in = in + n * img_in;
+      t.Wp = Wp; t.Ci = Ci_; t.K = K_; t.stride = stride_;
+      t.w_hwio = w_hwio_.data(); t.CoP = CoP_; t.bias = bias_.data(); t.relu = relu_;
+      t.out_row = out + n * img_out + size_t(oh) * OW * Co_;
+      t.OW = OW; t.Co = Co_; t.oh = oh;
+      t.co0 = chunk * kCoChunk; t.co1 = std::min(Co_, t.co0 + kCoChunk);
+      switch (isa_) {
+#if defined(__x86_64__) || defined(_M_X64)
+        case FloatIsa::kAVX512: fconv_row_avx512(t); break;
+        case FloatIsa::kAVX2: fconv_row_avx2(t); break;
+#endif
+        default: fconv_row_scalar(t, w_ohwi_.data(), bias_.data()); break;
+      }
+    }
+  });
+}
+
+void conv2d_reference(const float* in, int N, int H, int W, int Ci, const float* w, const float* bias, int Co,
+                      int K, int stride, int pad, bool relu, float* out) {
+  const int OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;
+  for (int n = 0; n < N; ++n)
+    for (int oh = 0; oh < OH; ++oh)
+      for (int ow = 0; ow < OW; ++ow)
+        for (int o = 0; o < Co; ++o) {
+          double acc = bias[o];
+          for (int ky = 0; ky < K; ++ky)
+            for (int kx = 0; kx < K; ++kx) {
+              const int iy = oh * stride + ky - pad, ix = ow * stride + kx - pad;
+              if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+              const float* x = in + ((size_t(n) * H + iy) * W + ix) * Ci;
+              const float* wk = w + ((size_t(o) * K + ky) * K + kx) * Ci;
+              for (int c = 0; c < Ci; ++c) acc += double(x[c]) * wk[c];
+            }
+          float v = float(acc);
+          out[((size_t(n) * OH + oh) * OW + ow) * Co + o] = relu && v < 0.f ? 0.f : v;
+        }
+}
+
+// ---------------------------------------------------------------------------------------- elementwise ops
+void pad_nhwc(const float* in, int N, int H, int W, int C, int p, float* out, ThreadPool& pool) {
+  const int Hp = H + 2 * p, Wp = W + 2 * p;
+  const size_t row_in = size_t(W) * C, row_out = size_t(Wp) * C, border = size_t(p) * C;
+  pool.parallel_for(int64_t(N) * Hp, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int n = int(r / Hp), y = int(r % Hp) - p;
+      float* o = out + size_t(r) * row_out;
+      if (y < 0 || y >= H) {
+        std::memset(o, 0, row_out * sizeof(float));
+        continue;
+      }
+      std::memset(o, 0, border * sizeof(float));
+      std::memcpy(o + border, in + (size_t(n) * H + y) * row_in, row_in * sizeof(float));
+      std::memset(o + border + row_in, 0, border * sizeof(float));
+    }
+  }, 8);
+}
+
+void nchw_to_nhwc(const float* in, int N, int C, int H, int W, float* out, ThreadPool& pool) {
+  const size_t hw = size_t(H) * W;
+  pool.parallel_for(int64_t(N) * H, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / H, y = r % H;
+      const float* src = in + size_t(n) * C * hw + size_t(y) * W;
+      float* dst = out + (size_t(n) * hw + size_t(y) * W) * C;
+      for (int x = 0; x < W; ++x)
+        for (int c = 0; c < C; ++c) dst[size_t(x) * C + c] = src[size_t(c) * hw + x];
+    }
+  }, 4);
+}
+
+void maxpool_nhwc(const float* in, int N, int H, int W, int C, int K, int stride, int pad, float* out,
+                  ThreadPool& pool) {
+  const int OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;
+  pool.parallel_for(int64_t(N) * OH, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int n = int(r / OH), oh = int(r % OH);
+      const int y0 = std::max(0, oh * stride - pad), y1 = std::min(H, oh * stride - pad + K);
+      for (int ow = 0; ow < OW; ++ow) {
+        const int x0 = std::max(0, ow * stride - pad), x1 = std::min(W, ow * stride - pad + K);
+        float* o = out + ((size_t(n) * OH + oh) * OW + ow) * C;
+        for (int c = 0; c < C; ++c) o[c] = -std::numeric_limits<float>::infinity();
+        for (int y = y0; y < y1; ++y)
+          for (int x = x0; x < x1; ++x) {
+            const float* v = in + ((size_t(n) * H + y) * W + x) * C;
+            for (int c = 0; c < C; ++c) o[c] = std::max(o[c], v[c]);
+          }
+      }
+    }
+  }, 2);
+}
+
+void batchnorm_nhwc(const float* in, int64_t npix, int C, const float* scale, const float* shift, bool relu,
+                    float* out, ThreadPool& pool) {
+  pool.parallel_for(npix, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const float* x = in + p * C;
+      float* y = out + p * C;
+      if (relu) {
+        for (int c = 0; c < C; ++c) y[c] = std::max(x[c] * scale[c] + shift[c], 0.f);
+      } else {
+        for (int c = 0; c < C; ++c) y[c] = x[c] * scale[c] + shift[c];
+      }
+    }
+  }, 64);
+}
+
+void global_avgpool_nhwc(const float* in, int N, int HW, int C, float* out) {
+  std::vector<float> acc(C);
+  for (int n = 0; n < N; ++n) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    const float* x = in + size_t(n) * HW * C;
+    for (int p = 0; p < HW; ++p)
+      for (int c = 0; c < C; ++c) acc[c] += x[size_t(p) * C + c];
+    const float inv = 1.f / float(HW);
+    for (int c = 0; c < C; ++c) out[size_t(n) * C + c] = acc[c] * inv;
+  }
+}
+
+void linear_io(const float* x, int N, int I, int O, const float* w_io, const float* bias, float* out) {
+  for (int n = 0; n < N; ++n) {
+    float* y = out + size_t(n) * O;
+    std::copy(bias, bias + O, y);
+    for (int i = 0; i < I; ++i) {
+      const float xi = x[size_t(n) * I + i];
+      const float* w = w_io + size_t(i) * O;
+      for (int o = 0; o < O; ++o) y[o] += xi * w[o];
+    }
+  }
+}
+
+}  // namespace bonn
