@@ -236,7 +236,7 @@ def _check_graph(header: dict, tensors: dict[str, np.ndarray]) -> None:
     channels: dict[str, int] = {gin: header["input"]["channels"]}
     for i, op in enumerate(ops):
         kind = op.get("op") if isinstance(op, dict) else None
-        if kind not in OP_SCHEMA:
+        if not isinstance(kind, str) or kind not in OP_SCHEMA:
             raise BonnFormatError(f"op #{i}: unknown op {kind!r}")
         label = f"op #{i} ({kind} {op.get('name', '?')!r})"
         req, opt, int_attrs, n_inputs = OP_SCHEMA[kind]
@@ -244,7 +244,7 @@ def _check_graph(header: dict, tensors: dict[str, np.ndarray]) -> None:
         if not isinstance(inputs, list) or len(inputs) not in n_inputs:
             raise BonnFormatError(f"{label}: expects {n_inputs} inputs")
         for v in inputs:
-            if v not in channels:
+            if not isinstance(v, str) or v not in channels:
                 raise BonnFormatError(f"{label}: input value {v!r} is not defined before use")
         if not isinstance(out, str) or out in channels:
             raise BonnFormatError(f"{label}: output must be a new value name")
@@ -268,7 +268,7 @@ def _check_graph(header: dict, tensors: dict[str, np.ndarray]) -> None:
                 if role in req:
                     raise BonnFormatError(f"{label}: missing tensor role {role!r}")
                 continue
-            if troles[role] not in tensors:
+            if not isinstance(troles[role], str) or troles[role] not in tensors:
                 raise BonnFormatError(f"{label}: tensor {troles[role]!r} not in the tensor table")
             t[role] = tensors[troles[role]]
 

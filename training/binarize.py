@@ -18,18 +18,30 @@ def sign_pm1(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
+def _sign_pm1_fast(x: torch.Tensor) -> torch.Tensor:
+    """Same values as sign_pm1 (sign(0) = +1), ~3x faster on CPU: sign(x) + 0.5 is never 0."""
+    return torch.sign(torch.sign(x).add_(0.5))
+
+
+# Smallest float32 above 1: hardtanh_backward keeps the gradient for min < a < max (strict), so these bounds
+# give exactly the inclusive clip 1{|a| <= 1} in float32, with one fused kernel instead of abs/compare/mul.
+_ONE_UP = float(torch.nextafter(torch.tensor(1.0), torch.tensor(2.0)))
+
+
 class SignSTE(torch.autograd.Function):
     """Forward: sign_pm1(a). Backward: clipped straight-through estimator, g * 1{|a| <= 1}."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(a)
-        return sign_pm1(a)
+        return _sign_pm1_fast(a)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (a,) = ctx.saved_tensors
-        return g * (a.abs() <= 1).to(g.dtype)
+        if a.dtype != torch.float32:
+            return g * (a.abs() <= 1).to(g.dtype)
+        return torch.ops.aten.hardtanh_backward(g, a, -_ONE_UP, _ONE_UP)
 
 
 class BinaryWeight(torch.autograd.Function):
@@ -60,7 +72,8 @@ class BinaryWeight(torch.autograd.Function):
 
 class BinaryActivation(nn.Module):
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return SignSTE.apply(a)
+        # Without autograd (eval, ONNX export) use the plain op, which exports as a Where node.
+        return SignSTE.apply(a) if a.requires_grad else sign_pm1(a)
 
 
 class BinaryConv2d(nn.Module):

@@ -7,6 +7,11 @@
 //   float tensors:      float [N, H, W, C].
 // Spatial padding is one-padding: padded taps read as +1 (all-zero words), which is free.
 // Dot product over a window: K*K*Ci - 2 * popcount(x XOR w).
+//
+// Kernel notes (see docs/kernels.md): every path computes the float epilogue with the reference's exact
+// operations and order (the library is built with -ffp-contract=off), so all paths agree bit for bit with
+// binary_conv2d_reference. BinaryConv2d::run and pack_bn_sign throw std::invalid_argument on bad sizes or
+// null pointers. The constructor copies (repacks) the weights; the caller's buffer may be freed afterwards.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -31,8 +36,8 @@ std::vector<PopcountPath> supported_paths();
 struct OutputTransform {
   float alpha = 1.f;
   const float* prelu = nullptr;       // [Co] or null
-  const float* residual = nullptr;    // [N, OH, OW, Co] or null
-  float* out = nullptr;               // [N, OH, OW, Co] float output (required)
+  const float* residual = nullptr;    // [N, OH, OW, Co] or null; may be the same buffer as `out` (in place)
+  float* out = nullptr;               // [N, OH, OW, Co] float output (may be null only if next_packed is set)
   const float* next_scale = nullptr;  // [Co] or null: fuse the next layer's BN+sign
   const float* next_shift = nullptr;  // [Co]
   uint64_t* next_packed = nullptr;    // [N, OH, OW, ceil(Co/64)]

@@ -7,6 +7,7 @@
 // repacked weights [Co/OB][K*K][Cw][OB], collecting popcounts for the tile in a small int32 buffer, and finally
 // apply the output transform per pixel. No im2col copy is made; tiles are split over the thread pool.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -62,9 +63,22 @@ class TiledConv final : public ConvKernel {
 
   TiledConv(const uint64_t* w, int Co, int K, int Ci, int stride, int pad)
       : Co_(Co), K_(K), Ci_(Ci), Cw_(words_for(Ci)), stride_(stride), pad_(pad), nob_((Co + OB - 1) / OB),
-        weights_(static_cast<size_t>(nob_) * K * K * Cw_ * OB), zeros_(static_cast<size_t>(Cw_)) {
-    // OHWI_bits64 [Co][K*K][Cw]  ->  [Co/OB][K*K][Cw][OB]; missing channels of the last block stay zero.
+        lane_bits_(K * K > 1 && Ci <= 32 ? (Ci <= 8 ? 8 : Ci <= 16 ? 16 : 32) : 0),
+        taps_per_word_(lane_bits_ ? 64 / lane_bits_ : 1),
+        steps_(lane_bits_ ? (K * K + taps_per_word_ - 1) / taps_per_word_ : K * K * words_for(Ci)),
+        weights_(static_cast<size_t>(nob_) * steps_ * OB), zeros_(static_cast<size_t>(Cw_)) {
     const int KK = K * K;
+    if (lane_bits_) {
+      // Narrow input (Ci <= 32): several taps share one word, tap t in lane t % taps_per_word of word
+      // t / taps_per_word. The input is packed the same way per output pixel at run time.
+      // [Co][K*K][1]  ->  [Co/OB][steps][OB]
+      for (int o = 0; o < Co; ++o)
+        for (int t = 0; t < KK; ++t)
+          weights_.p[(static_cast<size_t>(o / OB) * steps_ + t / taps_per_word_) * OB + o % OB] |=
+              w[static_cast<size_t>(o) * KK + t] << (lane_bits_ * (t % taps_per_word_));
+      return;
+    }
+    // OHWI_bits64 [Co][K*K][Cw]  ->  [Co/OB][K*K][Cw][OB]; missing channels of the last block stay zero.
     for (int o = 0; o < Co; ++o)
       for (int t = 0; t < KK; ++t)
         for (int c = 0; c < Cw_; ++c)
@@ -78,34 +92,71 @@ class TiledConv final : public ConvKernel {
     const int64_t ntiles = (npix + P - 1) / P;
     const int ldd = nob_ * OB;
     const int kkc = KK * Ci_;
+    // Word offsets of the taps from the window's top-left input pixel, for windows entirely inside the image.
+    std::vector<int64_t> tap_off(static_cast<size_t>(KK));
+    for (int ky = 0; ky < K_; ++ky)
+      for (int kx = 0; kx < K_; ++kx) tap_off[ky * K_ + kx] = (static_cast<int64_t>(ky) * s.W + kx) * Cw_;
+    // Don't split below ~4 M bit-ops (a few microseconds) per block: smaller pieces cost more to hand over
+    // than they save.
+    const int64_t tile_ops = static_cast<int64_t>(P) * ldd * steps_ * 64;
+    const int64_t grain = std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(tile_ops, 1));
+    // Micro-kernel view: `mk_taps` pointers per pixel, `mk_words` words behind each.
+    const int mk_taps = lane_bits_ ? 1 : KK, mk_words = lane_bits_ ? steps_ : Cw_;
     pool.parallel_for(ntiles, [&](int64_t t0, int64_t t1) {
       std::vector<const uint64_t*> ptrs(static_cast<size_t>(P) * KK);
+      std::vector<const uint64_t*> mk_ptrs(static_cast<size_t>(P));
+      std::vector<uint64_t> lanes(lane_bits_ ? static_cast<size_t>(P) * steps_ : 0);
       std::vector<int32_t> pc(static_cast<size_t>(P) * ldd + 16);
+      // Walk output pixels in order, keeping (n, oy, ox) incrementally instead of dividing per pixel.
+      int64_t q = t0 * P;
+      int64_t n = q / (static_cast<int64_t>(OH) * OW);
+      int rem = static_cast<int>(q - n * OH * OW), oy = rem / OW, ox = rem % OW;
       for (int64_t tile = t0; tile < t1; ++tile) {
         const int64_t q0 = tile * P;
-        for (int p = 0; p < P; ++p) fill_taps(in, s, OH, OW, q0 + p, npix, &ptrs[static_cast<size_t>(p) * KK]);
+        for (int p = 0; p < P; ++p) {
+          const uint64_t** taps = &ptrs[static_cast<size_t>(p) * KK];
+          if (q0 + p >= npix) {
+            for (int t = 0; t < KK; ++t) taps[t] = zeros_.p;
+          } else {
+            const int iy0 = oy * stride_ - pad_, ix0 = ox * stride_ - pad_;
+            if (iy0 >= 0 && ix0 >= 0 && iy0 + K_ <= s.H && ix0 + K_ <= s.W) {
+              const uint64_t* base = in + ((n * s.H + iy0) * s.W + ix0) * Cw_;
+              for (int t = 0; t < KK; ++t) taps[t] = base + tap_off[t];
+            } else {
+              fill_border_taps(in, s, n, iy0, ix0, taps);
+            }
+            if (++ox == OW) {
+              ox = 0;
+              if (++oy == OH) {
+                oy = 0;
+                ++n;
+              }
+            }
+          }
+          if (lane_bits_) {  // gather the taps' words into lanes, as the weights were repacked
+            uint64_t* dst = &lanes[static_cast<size_t>(p) * steps_];
+            for (int j = 0, t = 0; j < steps_; ++j) {
+              uint64_t word = 0;
+              for (int l = 0; l < taps_per_word_ && t < KK; ++l, ++t) word |= *taps[t] << (lane_bits_ * l);
+              dst[j] = word;
+            }
+            mk_ptrs[p] = dst;
+          }
+        }
+        const uint64_t* const* tile_ptrs = lane_bits_ ? mk_ptrs.data() : ptrs.data();
         for (int ob = 0; ob < nob_; ++ob)
-          MK::tile(ptrs.data(), KK, Cw_, weights_.p + static_cast<size_t>(ob) * KK * Cw_ * OB, pc.data() + ob * OB,
-                   ldd);
+          MK::tile(tile_ptrs, mk_taps, mk_words, weights_.p + static_cast<size_t>(ob) * steps_ * OB,
+                   pc.data() + ob * OB, ldd);
         const int valid = static_cast<int>(npix - q0 < P ? npix - q0 : P);
         for (int p = 0; p < valid; ++p) MK::epilogue(pc.data() + static_cast<size_t>(p) * ldd, Co_, kkc, ot, q0 + p);
       }
-    });
+    }, grain);
   }
 
  private:
-  // Indirection for output pixel q: one pointer per tap, to the input pixel's Cw words or to the zero row.
-  void fill_taps(const uint64_t* in, const ConvShape& s, int OH, int OW, int64_t q, int64_t npix,
-                 const uint64_t** taps) const {
-    const int KK = K_ * K_;
-    if (q >= npix) {
-      for (int t = 0; t < KK; ++t) taps[t] = zeros_.p;
-      return;
-    }
-    const int64_t n = q / (static_cast<int64_t>(OH) * OW);
-    const int rem = static_cast<int>(q - n * OH * OW);
-    const int oy = rem / OW, ox = rem % OW;
-    const int iy0 = oy * stride_ - pad_, ix0 = ox * stride_ - pad_;
+  // Indirection for a window that touches the border: padded taps point at the zero row (one-padding).
+  void fill_border_taps(const uint64_t* in, const ConvShape& s, int64_t n, int iy0, int ix0,
+                        const uint64_t** taps) const {
     for (int ky = 0; ky < K_; ++ky) {
       const int iy = iy0 + ky;
       for (int kx = 0; kx < K_; ++kx) {
@@ -117,6 +168,9 @@ class TiledConv final : public ConvKernel {
   }
 
   int Co_, K_, Ci_, Cw_, stride_, pad_, nob_;
+  // Narrow-input mode (Ci <= 32, K > 1): bits per tap lane (8/16/32), else 0; steps_ = words per pixel the
+  // micro-kernel walks (K*K*Cw normally, ceil(K*K / taps_per_word) in narrow mode).
+  int lane_bits_, taps_per_word_, steps_;
   AlignedWords weights_;
   AlignedWords zeros_;
 };

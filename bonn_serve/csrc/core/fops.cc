@@ -1,4 +1,6 @@
 // Float ops: ISA dispatch, the conv driver (weight repacking + work split) and the cheap elementwise ops.
+#define FOPS_ISA_NS baseline
+#include "fops_impl.h"
 #include "fops.h"
 
 #include <algorithm>
@@ -160,22 +162,15 @@ void nchw_to_nhwc(const float* in, int N, int C, int H, int W, float* out, Threa
 }
 
 void maxpool_nhwc(const float* in, int N, int H, int W, int C, int K, int stride, int pad, float* out,
-                  ThreadPool& pool) {
+                  ThreadPool& pool, FloatIsa isa) {
   const int OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;
   pool.parallel_for(int64_t(N) * OH, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const int n = int(r / OH), oh = int(r % OH);
-      const int y0 = std::max(0, oh * stride - pad), y1 = std::min(H, oh * stride - pad + K);
-      for (int ow = 0; ow < OW; ++ow) {
-        const int x0 = std::max(0, ow * stride - pad), x1 = std::min(W, ow * stride - pad + K);
-        float* o = out + ((size_t(n) * OH + oh) * OW + ow) * C;
-        for (int c = 0; c < C; ++c) o[c] = -std::numeric_limits<float>::infinity();
-        for (int y = y0; y < y1; ++y)
-          for (int x = x0; x < x1; ++x) {
-            const float* v = in + ((size_t(n) * H + y) * W + x) * C;
-            for (int c = 0; c < C; ++c) o[c] = std::max(o[c], v[c]);
-          }
-      }
+    switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+      case FloatIsa::kAVX512: maxpool_rows_avx512(in, H, W, C, K, stride, pad, OH, OW, b, e, out); break;
+      case FloatIsa::kAVX2: maxpool_rows_avx2(in, H, W, C, K, stride, pad, OH, OW, b, e, out); break;
+#endif
+      default: baseline::maxpool_rows(in, H, W, C, K, stride, pad, OH, OW, b, e, out); break;
     }
   }, 2);
 }
@@ -207,16 +202,21 @@ void global_avgpool_nhwc(const float* in, int N, int HW, int C, float* out) {
   }
 }
 
-void linear_io(const float* x, int N, int I, int O, const float* w_io, const float* bias, float* out) {
-  for (int n = 0; n < N; ++n) {
-    float* y = out + size_t(n) * O;
-    std::copy(bias, bias + O, y);
-    for (int i = 0; i < I; ++i) {
-      const float xi = x[size_t(n) * I + i];
-      const float* w = w_io + size_t(i) * O;
-      for (int o = 0; o < O; ++o) y[o] += xi * w[o];
+void linear_io(const float* x, int N, int I, int O, const float* w_io, const float* bias, float* out,
+               ThreadPool& pool, FloatIsa isa) {
+  // Split over blocks of 64 outputs: at batch 1 this layer is bound by reading the weights, so both cores
+  // stream half of them each.
+  const int blocks = (O + 63) / 64;
+  pool.parallel_for(blocks, [&](int64_t b, int64_t e) {
+    const int o0 = int(b) * 64, o1 = std::min(O, int(e) * 64);
+    switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+      case FloatIsa::kAVX512: linear_cols_avx512(x, N, I, O, w_io, bias, o0, o1, out); break;
+      case FloatIsa::kAVX2: linear_cols_avx2(x, N, I, O, w_io, bias, o0, o1, out); break;
+#endif
+      default: baseline::linear_cols(x, N, I, O, w_io, bias, o0, o1, out); break;
     }
-  }
+  }, 2);
 }
 
 }  // namespace bonn

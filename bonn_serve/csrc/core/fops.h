@@ -66,14 +66,24 @@ void pad_nhwc(const float* in, int N, int H, int W, int C, int p, float* out, Th
 void nchw_to_nhwc(const float* in, int N, int C, int H, int W, float* out, ThreadPool& pool);
 // Max pool; padded positions never win. Every window must hold at least one real pixel (pad < K).
 void maxpool_nhwc(const float* in, int N, int H, int W, int C, int K, int stride, int pad, float* out,
-                  ThreadPool& pool);
+                  ThreadPool& pool, FloatIsa isa = FloatIsa::kScalar);
 // y = act(x * scale[c] + shift[c]) over [npix, C].
 void batchnorm_nhwc(const float* in, int64_t npix, int C, const float* scale, const float* shift, bool relu,
                     float* out, ThreadPool& pool);
 // [N, HW, C] -> [N, C].
 void global_avgpool_nhwc(const float* in, int N, int HW, int C, float* out);
 // y[N, O] = x[N, I] @ W^T + b with W given as [I, O] (transposed at load for a vectorizable inner loop).
-void linear_io(const float* x, int N, int I, int O, const float* w_io, const float* bias, float* out);
+void linear_io(const float* x, int N, int I, int O, const float* w_io, const float* bias, float* out,
+               ThreadPool& pool, FloatIsa isa = FloatIsa::kScalar);
+// ISA variants of the loop bodies in fops_impl.h.
+void maxpool_rows_avx512(const float* in, int H, int W, int C, int K, int stride, int pad, int OH, int OW,
+                         int64_t r0, int64_t r1, float* out);
+void maxpool_rows_avx2(const float* in, int H, int W, int C, int K, int stride, int pad, int OH, int OW,
+                       int64_t r0, int64_t r1, float* out);
+void linear_cols_avx512(const float* x, int N, int I, int O, const float* w_io, const float* bias, int o0, int o1,
+                        float* out);
+void linear_cols_avx2(const float* x, int N, int I, int O, const float* w_io, const float* bias, int o0, int o1,
+                      float* out);
 
 // Plain reference conv (zero padding done by bounds checks, OHWI weights): used by the tests only.
 void conv2d_reference(const float* in, int N, int H, int W, int Ci, const float* w_ohwi, const float* bias,

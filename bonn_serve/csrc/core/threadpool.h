@@ -16,8 +16,9 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Runs fn(begin, end) over [0, n) split into contiguous chunks, one per thread (the caller is thread 0).
-  // Blocks until all chunks are done. Chunks are at least `grain` items. Not re-entrant.
+  // Runs fn(begin, end) over [0, n) split into disjoint contiguous chunks (up to 4 per thread, claimed
+  // dynamically; the caller runs chunks too). Blocks until all chunks are done. Chunks are at least `grain`
+  // items (one chunk if n < grain). An exception thrown by fn is rethrown here. Not re-entrant.
   void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end)>& fn, int64_t grain = 1);
 
  private:

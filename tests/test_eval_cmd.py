@@ -1,0 +1,82 @@
+"""`bonn-serve eval`: accuracy through the engine equals the torch model's accuracy on the same images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bonn_serve.cli import main
+from bonn_serve.commands.eval import normalize
+from bonn_serve.datasets import load_cifar10
+
+DATA = Path("/work/shared/data/cifar10")
+pytestmark = pytest.mark.skipif(not (DATA / "cifar10_mini.npz").exists(), reason="no cifar10_mini.npz")
+
+
+def _engine_available() -> bool:
+    try:
+        from bonn_serve import _engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _mini_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "mini"
+    d.mkdir()
+    (d / "cifar10_mini.npz").symlink_to(DATA / "cifar10_mini.npz")
+    return d
+
+
+def test_normalize_matches_torch_pipeline():
+    from training.data import Normalizer
+    from training.models import CIFAR10_INPUT
+
+    x, _ = load_cifar10(DATA, "test", "mini")
+    x = x[:8]
+    ours = normalize(x, 1 / 255, CIFAR10_INPUT.mean, CIFAR10_INPUT.std)
+    ref = Normalizer(CIFAR10_INPUT.mean, CIFAR10_INPUT.std)(torch.from_numpy(x).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(ours, ref.numpy(), atol=2e-6)
+
+
+@pytest.mark.skipif(not _engine_available(), reason="bonn_serve._engine not built")
+def test_eval_through_engine_matches_torch(tmp_path):
+    from training.export import export_bonn, export_onnx
+    from training.models import CIFAR10_INPUT, build_model, randomize_
+
+    model = randomize_(build_model("wrn22-16", binary=True), seed=3).eval()
+    export_bonn(model, tmp_path / "m.bonn", "wrn22-16")
+    fp = randomize_(build_model("wrn22-16", binary=False), seed=3).eval()
+    export_onnx(fp, tmp_path / "fp.onnx", arch="wrn22-16")
+    d = _mini_dir(tmp_path)
+    x, y = load_cifar10(d, "test")
+    x, y = x[:200], y[:200]
+    inp = torch.from_numpy(normalize(x, 1 / 255, CIFAR10_INPUT.mean, CIFAR10_INPUT.std))
+    with torch.no_grad():
+        torch_pred, fp_pred = model(inp).argmax(1).numpy(), fp(inp).argmax(1).numpy()
+
+    out = tmp_path / "r.json"
+    assert main(["eval", str(tmp_path / "m.bonn"), "--data-dir", str(d), "--limit", "200", "--json", str(out),
+                 "--threads", "1", "--batch", "64"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 200 and res["runtime"] == "bonn-serve engine"
+    # a random net has many near-ties; the engine and torch must still agree on almost every argmax
+    assert abs(res["accuracy"] - float((torch_pred == y).mean())) <= 0.02
+    assert res["sha256"] and res["bytes"] == (tmp_path / "m.bonn").stat().st_size
+
+    assert main(["eval", str(tmp_path / "fp.onnx"), "--data-dir", str(d), "--limit", "200",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["runtime"].startswith("onnxruntime")
+    assert abs(res["accuracy"] - float((fp_pred == y).mean())) <= 0.01
+
+
+def test_eval_errors_are_clean(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "missing.bonn"), "--data-dir", str(tmp_path)]) == 2
+    (tmp_path / "m.bonn").write_bytes(b"junk")
+    assert main(["eval", str(tmp_path / "m.bonn"), "--data-dir", str(tmp_path)]) == 2
+    assert "no cifar10" in capsys.readouterr().err

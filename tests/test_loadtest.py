@@ -1,0 +1,159 @@
+"""The load-test runner: its pure parts (percentiles, summaries, gates, RSS growth) and one short real run.
+
+The real run (`test_short_loadtest_passes_ci_gates`) starts `bonn-serve serve` on loopback with a random
+BONN + FP baseline, drives it for 20 s with Locust in a subprocess (never imported here) and gates on the
+`ci` profile of loadtests/thresholds.yaml: zero failures, both routes answered. No wall-clock gates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bonn_serve import loadtest as lt
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------- pure parts
+def test_percentile_matches_histogram() -> None:
+    times = {"10": 50, "20": 45, "100": 4, "900": 1}
+    assert lt.percentile(times, 0.50) == 10
+    assert lt.percentile(times, 0.95) == 20
+    assert lt.percentile(times, 0.99) == 100
+    assert lt.percentile(times, 1.0) == 900
+    assert lt.percentile({}, 0.5) is None
+
+
+def _entry(name: str, n: int, fails: int = 0, times: dict | None = None) -> dict:
+    return {"name": name, "method": "POST", "num_requests": n, "num_failures": fails, "start_time": 1000.0,
+            "last_request_timestamp": 1010.0, "total_response_time": 10.0 * n,
+            "response_times": times or {"10": n}}
+
+
+def test_summarize_separates_routes_shed_and_failures() -> None:
+    stats = [_entry("bonn small-jpeg", 80), _entry("bonn multi-4-jpeg", 20, times={"40": 20}),
+             _entry("fp small-jpeg", 50, fails=2), _entry("bonn small-jpeg (503 shed)", 10),
+             _entry("/models", 2)]
+    outcomes = {"bonn small-jpeg": {"ok": 80, "shed_503": 10}, "fp small-jpeg": {"ok": 48, "http_5xx": 2},
+                "task": {"task_error": 1}}
+    s = lt.summarize(stats, outcomes)
+    assert s["routes"]["bonn"]["requests"] == 100 and s["routes"]["bonn"]["shed_503"] == 10
+    assert s["routes"]["bonn"]["rps"] == 10.0
+    assert s["routes"]["bonn"]["p50_ms"] == 10 and s["routes"]["bonn"]["p99_ms"] == 40
+    assert s["routes"]["fp"]["requests"] == 50
+    assert s["shed_503"] == 10 and s["shed_ratio"] == round(10 / 162, 4)
+    assert s["failures_by_kind"] == {"http_5xx": 2, "task_error": 1} and s["failures"] == 3
+
+
+def test_thresholds_file_has_profiles_and_gates_bite() -> None:
+    ci = lt.load_thresholds(lt.default_thresholds(), "ci")
+    assert ci["max_failures"] == 0 and set(ci["routes"]) == {"bonn", "fp"}
+    assert not any(k.startswith("max_p") or k == "min_rps" for k in ci), "no wall-clock gates in CI"
+    for profile in ("default", "soak"):
+        lt.load_thresholds(lt.default_thresholds(), profile)
+    with pytest.raises(KeyError):
+        lt.load_thresholds(lt.default_thresholds(), "nope")
+
+    good = lt.summarize([_entry("bonn small-jpeg", 100), _entry("fp small-jpeg", 100)],
+                        {"bonn small-jpeg": {"ok": 100}, "fp small-jpeg": {"ok": 100}})
+    assert lt.check_thresholds(good, ci) == []
+    bad = lt.summarize([_entry("bonn small-jpeg", 100)], {"bonn small-jpeg": {"ok": 99, "timeout": 1}})
+    broken = lt.check_thresholds(bad, ci)
+    assert any("failed requests" in b for b in broken) and any("'fp'" in b for b in broken)
+    slow = dict(good, routes={r: dict(b, p99_ms=9999.0) for r, b in good["routes"].items()})
+    assert any("p99" in b for b in lt.check_thresholds(slow, {"max_p99_ms": 100}))
+
+
+def test_rss_growth_verdict() -> None:
+    flat = [(t, 100_000_000 + (t % 7) * 10_000) for t in range(0, 600, 2)]
+    g = lt.rss_growth(flat, warmup_s=60)
+    assert g["ok"] and abs(g["growth"]) < 0.01
+    leak = [(t, 100_000_000 + t * 50_000) for t in range(0, 600, 2)]  # +50 kB/s
+    g = lt.rss_growth(leak, warmup_s=60)
+    assert g["growth"] > 0.05
+    assert lt.check_thresholds({"failures": 0, "shed_ratio": 0, "routes": {}, "total": {}, "soak": g},
+                               {"max_rss_growth": 0.05})
+    assert not lt.rss_growth(flat[:3], warmup_s=0)["ok"]
+
+
+def test_tree_rss_counts_children() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50 << 20); time.sleep(30)"])
+    try:
+        import psutil
+        import time
+
+        for _ in range(100):  # wait until the child has touched its 50 MB
+            if psutil.Process(child.pid).memory_info().rss > 40 << 20:
+                break
+            time.sleep(0.05)
+        import os
+
+        assert lt.tree_rss(os.getpid()) >= psutil.Process().memory_info().rss + (40 << 20)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_compare_table_and_chart(tmp_path: Path) -> None:
+    def run(route: str, rps: float, p: float) -> dict:
+        s = lt.summarize([dict(_entry(f"{route} small-jpeg", int(rps * 10), times={str(int(p)): 10}))],
+                         {f"{route} small-jpeg": {"ok": int(rps * 10)}})
+        return s
+
+    runs = {"bonn": [run("bonn", 30, 20), run("bonn", 32, 20)], "fp": [run("fp", 20, 30), run("fp", 16, 30)]}
+    rows, ratio = lt.compare_table(runs)
+    assert [r["route"] for r in rows] == ["bonn", "fp"]
+    assert ratio == pytest.approx((30 / 20 + 32 / 16) / 2)
+    md = lt.compare_markdown(rows, ratio)
+    assert "| bonn |" in md and "1.75x" in md
+    png = tmp_path / "c.png"
+    lt.compare_chart(rows, ratio, png, "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_locustfile_model_discovery() -> None:
+    """The locustfile finds the FP baseline in GET /models (loaded without importing locust)."""
+    src = (REPO / "loadtests" / "locustfile.py").read_text()
+    start = src.index("def discover_fp_model")
+    ns: dict = {}
+    exec(compile(src[start:src.index("\nclass ClassifyUser")], "locustfile", "exec"), ns)
+    find = ns["discover_fp_model"]
+    models = {"default": "bonn-a", "models": [{"name": "bonn-a", "kind": "bonn", "backend": "bonn-xnor"},
+                                              {"name": "fp-a", "kind": "fp", "backend": "onnxruntime-fp32"}]}
+    assert find(models) == "fp-a"
+    assert find({"models": [{"name": "bonn-a", "kind": "bonn", "backend": "bonn-xnor"}]}) is None
+
+
+# ------------------------------------------------------------------------------------------- real run
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="exporting a random test model needs torch (train extra)")
+needs_locust = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="needs the load extra")
+
+
+@needs_torch
+@needs_locust
+def test_short_loadtest_passes_ci_gates(tmp_path: Path) -> None:
+    bonn, fp = lt.export_random_models(tmp_path / "models")
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "bonn_serve", "loadtest", "--bonn", str(bonn), "--fp", str(fp),
+           "--bentoml-home", str(tmp_path / "home"), "--profile", "ci", "--users", "4", "--spawn-rate", "4",
+           "--duration", "20", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180,
+                       env=lt.server_env(tmp_path / "home"))
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{(out / 'server.log').read_text()[-3000:]}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["thresholds"]["passed"] and summary["failures"] == 0
+    for route in ("bonn", "fp"):
+        names = [n for n in summary["names"] if n.startswith(route + " ")]
+        assert {f"{route} {k}" for k in ("small-jpeg", "small-png", "raw-png", "large-jpeg-640x480",
+                                         "multi-4-jpeg")} <= set(names), names
+        assert summary["routes"][route]["p99_ms"] is not None
+    for suffix in ("_stats.csv", "_failures.csv", ".html", ".json"):
+        assert (out / f"locust{suffix}").is_file(), suffix
+    assert "thresholds [ci]: PASS" in r.stdout

@@ -1,0 +1,221 @@
+"""Trainer: data pipeline, exact resume, a smoke run with export, and the `bonn-serve train` CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bonn_serve.datasets import DatasetError, load_cifar10
+from training.data import augment, load_split, train_batches
+from training.trainer import Trainer, cosine_factor, make_config
+
+DATA = Path("/work/shared/data/cifar10")
+MINI = DATA / "cifar10_mini.npz"
+needs_mini = pytest.mark.skipif(not MINI.exists(), reason="cifar10_mini.npz not available")
+
+
+def small_cfg(**kw):
+    base = dict(name="t", epochs=2, batch_size=32, limit_train=128, limit_test=64, layout="mini",
+                log_every=2, eval_batch=64, feature_fraction=0.5, export=False, channels_last=False)
+    base.update(kw)
+    return make_config(base)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def test_augment_is_a_padded_crop_with_optional_flip():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = augment(x, g)
+    g2 = torch.Generator().manual_seed(0)
+    oy = torch.randint(0, 9, (16,), generator=g2)
+    ox = torch.randint(0, 9, (16,), generator=g2)
+    flip = torch.rand(16, generator=g2) < 0.5
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(16):
+        crop = padded[i, :, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        torch.testing.assert_close(out[i], crop.flip(-1) if flip[i] else crop)
+    assert flip.any() and (~flip).any()
+
+
+def test_rank_shards_partition_each_global_batch():
+    from training.data import Split
+
+    split = Split(torch.arange(96, dtype=torch.uint8).view(96, 1, 1, 1).expand(96, 3, 32, 32).contiguous(),
+                  torch.arange(96) % 10)
+    ids = lambda b: set(int(v) for v in b[0][:, 0, 4:28, 4:28].amax(dim=(1, 2)))  # noqa: E731 (crop keeps id)
+    single = [ids(b) for b in train_batches(split, 32, seed=5, epoch=1)]
+    r0 = [ids(b) for b in train_batches(split, 32, seed=5, epoch=1, rank=0, world=2)]
+    r1 = [ids(b) for b in train_batches(split, 32, seed=5, epoch=1, rank=1, world=2)]
+    assert len(single) == 3
+    for s, a, b in zip(single, r0, r1):
+        assert a | b == s and not a & b and len(a) == len(b) == 16
+    again = [ids(b) for b in train_batches(split, 32, seed=5, epoch=1)]
+    assert again == single
+    assert [ids(b) for b in train_batches(split, 32, seed=5, epoch=2)] != single
+    with pytest.raises(ValueError):
+        next(train_batches(split, 33, seed=5, epoch=1, world=2))
+
+
+def test_python_batches_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in [*((f"data_batch_{i}", 4) for i in range(1, 6)), ("test_batch", 3)]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": list(rng.integers(0, 10, n))}, f)
+    x, y = load_cifar10(tmp_path, "train")
+    assert x.shape == (20, 32, 32, 3) and y.shape == (20,)
+    with open(tmp_path / "data_batch_1", "rb") as f:
+        first = pickle.load(f)[b"data"][0]
+    np.testing.assert_array_equal(x[0].transpose(2, 0, 1).reshape(-1), first)
+    assert load_cifar10(tmp_path, "test")[0].shape == (3, 32, 32, 3)
+    (tmp_path / "data_batch_3").unlink()
+    with pytest.raises(DatasetError, match="data_batch_3"):
+        load_cifar10(tmp_path, "train")
+
+
+def test_bad_data_dir_gives_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="no cifar10"):
+        load_cifar10(tmp_path, "train")
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_cifar10(tmp_path / "nope", "train")
+    (tmp_path / "cifar10_train.npz").write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_cifar10(tmp_path, "train")
+    with pytest.raises(DatasetError, match="split"):
+        load_cifar10(tmp_path, "val")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown config keys"):
+        make_config({"lamda": 1.0})
+    with pytest.raises(ValueError, match="arch"):
+        make_config({"arch": "vgg"})
+    with pytest.raises(ValueError, match="lam"):
+        make_config({"lam": -1})
+    assert cosine_factor(0, 10) == 1.0 and cosine_factor(10, 10) == pytest.approx(0.0)
+    assert cosine_factor(5, 10) == pytest.approx(0.5)
+
+
+# -------------------------------------------------------------------------------------------- training
+def _params(tr: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v.clone() for k, v in tr.model.state_dict().items()}
+    if tr.kernel_loss is not None:
+        out.update({f"kernel.{k}": v.clone() for k, v in tr.kernel_loss.state_dict().items()})
+    if tr.feature_loss is not None:
+        out.update({f"feature.{k}": v.clone() for k, v in tr.feature_loss.state_dict().items()})
+    return out
+
+
+def _epoch_records(run: Path) -> list[dict]:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if r["kind"] == "epoch"]
+
+
+@needs_mini
+def test_resume_equals_uninterrupted_training(tmp_path):
+    torch.set_num_threads(1)
+    cfg = small_cfg(dropout=0.2)  # dropout: the torch RNG state must be restored too
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(progress=False)
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    b.fit(epochs=1, progress=False)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)  # plain tensors only
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 4
+    assert set(ckpt["kernel_loss"]) and set(ckpt["feature_loss"]) == {"centers", "sigma"}
+    torch.manual_seed(999)  # a fresh process would have a different RNG state
+    c = Trainer(cfg, str(DATA), tmp_path / "b")
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    c.fit(progress=False)
+    pa, pc = _params(a), _params(c)
+    assert pa.keys() == pc.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pc[k]), k
+    ra, rb = _epoch_records(tmp_path / "a"), _epoch_records(tmp_path / "b")
+    assert len(ra) == len(rb) == 2
+    for key in ("train_ce", "train_kernel", "train_feature", "test_acc", "test_loss"):
+        assert ra[1][key] == rb[1][key], key
+    assert ra[1]["feature_on"] and not ra[0]["feature_on"]
+
+
+@needs_mini
+def test_smoke_training_logs_plots_and_exports(tmp_path):
+    torch.set_num_threads(1)
+    cfg = small_cfg(export=True, epochs=2, limit_train=256, batch_size=64, channels_last=True)
+    tr = Trainer(cfg, str(DATA), tmp_path / "run")
+    last = tr.fit(progress=False)
+    recs = _epoch_records(tmp_path / "run")
+    assert [r["epoch"] for r in recs] == [1, 2]
+    for r in recs:
+        for key in ("train_ce", "train_kernel", "test_acc", "bc_mean", "alpha_mean", "images_per_s"):
+            assert np.isfinite(r[key]), key
+    steps = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("grad_ratio" in s and s["grad_ratio"] > 0 for s in steps)
+    assert 0 <= last["test_acc"] <= 1
+    assert (tmp_path / "run" / "run_curves.png").stat().st_size > 0
+    assert (tmp_path / "run" / "run_weight_hist.png").stat().st_size > 0
+    assert (tmp_path / "run" / "model.bonn").stat().st_size > 0
+    # every reconstruction vector stayed positive, so alpha > 0 for the packer
+    assert all(float(m.recon.detach().min()) > 0 for m in tr.kernel_loss.layers)
+
+
+@needs_mini
+def test_full_precision_and_baseline_configs(tmp_path):
+    torch.set_num_threads(1)
+    fp_cfg = small_cfg(binary=False, lam=0.0, theta=0.0, epochs=1, export=True)
+    fp = Trainer(fp_cfg, str(DATA), tmp_path / "fp")
+    assert fp.kernel_loss is None and fp.feature_loss is None
+    fp.fit(progress=False)
+    assert (tmp_path / "fp" / "model.onnx").stat().st_size > 0
+    base = Trainer(small_cfg(lam=0.0, theta=0.0, epochs=1), str(DATA), tmp_path / "bin")
+    assert base.kernel_loss is None and base.feature_loss is None
+    assert {g["name"]: g["lr_scale"] for g in base.optimizer.param_groups}["slow"] == 0.1
+
+
+@needs_mini
+def test_cli_train_refuses_to_overwrite_and_resumes(tmp_path):
+    from bonn_serve.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("arch: wrn22-16\nepochs: 2\nbatch_size: 32\nlimit_train: 64\nlimit_test: 32\n"
+                   "export: false\nchannels_last: false\n")
+    out = tmp_path / "run"
+    args = ["train", "--config", str(cfg), "--data-dir", str(DATA), "--layout", "mini", "--out", str(out),
+            "--no-progress"]
+    assert main(args + ["--epochs", "1"]) == 0
+    with pytest.raises(SystemExit, match="exists"):
+        main(args)
+    assert main(args + ["--resume"]) == 0
+    assert [r["epoch"] for r in _epoch_records(out)] == [1, 2]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lamda: 3\n")
+    with pytest.raises(SystemExit, match="unknown config keys"):
+        main(["train", "--config", str(bad), "--data-dir", str(DATA), "--out", str(tmp_path / "x")])
+
+
+@needs_mini
+def test_load_split_limit_is_fixed_and_mixed():
+    s1 = load_split(str(DATA), "train", "mini", limit=100)
+    s2 = load_split(str(DATA), "train", "mini", limit=100)
+    assert torch.equal(s1.x, s2.x) and s1.x.shape == (100, 3, 32, 32) and s1.x.dtype == torch.uint8
+    assert len(torch.unique(s1.y)) > 5
+
+
+def test_shipped_configs_are_valid():
+    import yaml
+
+    paths = sorted(Path(__file__).resolve().parents[1].joinpath("training", "configs").glob("*.yaml"))
+    assert len(paths) >= 3
+    for p in paths:
+        cfg = make_config(yaml.safe_load(p.read_text()))
+        assert cfg["name"] == p.stem
+        if cfg["name"].startswith("bonn_"):
+            assert (cfg["lam"], cfg["nu"], cfg["theta"], cfg["slow_lr_scale"]) == (1e-4, 1e-4, 1e-2, 0.1)
+        if cfg["name"].startswith("binary_"):
+            assert cfg["binary"] and cfg["lam"] == 0 and cfg["theta"] == 0
+        if cfg["name"].startswith("fp_"):
+            assert not cfg["binary"]

@@ -1,0 +1,94 @@
+"""`bonn-serve train`: train a BONN or a baseline from a YAML config (single process, or under torchrun).
+
+    bonn-serve train --config training/configs/bonn_wrn22_16.yaml --data-dir DIR --out runs/NAME [--epochs N]
+    torchrun --nproc_per_node 2 -m training.cli_train --config ... (gloo on CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="YAML file (keys: trainer.DEFAULTS)")
+    p.add_argument("--data-dir", required=True,
+                   help="CIFAR-10 directory (npz files, cifar10_mini.npz, or python batches)")
+    p.add_argument("--out", type=Path, required=True, help="run dir (checkpoint, metrics, plots, model)")
+    p.add_argument("--epochs", type=int, help="override the config's epoch count (sets the cosine length)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: config)")
+    p.add_argument("--layout", choices=("auto", "npz", "mini", "batches"), help="data directory layout")
+    p.add_argument("--limit-train", type=int, help="use only N training images (smoke tests)")
+    p.add_argument("--limit-test", type=int, help="use only N test images (smoke tests)")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--no-export", action="store_true", help="skip model.bonn / model.onnx at the end")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def load_yaml_config(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise SystemExit(f"config {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"config {path} must be a mapping")
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from .trainer import Trainer, make_config
+
+    overrides = load_yaml_config(args.config)
+    overrides.setdefault("name", args.config.stem)
+    for key, val in (("epochs", args.epochs), ("threads", args.threads), ("layout", args.layout),
+                     ("seed", args.seed)):
+        if val is not None:
+            overrides[key] = val
+    if args.limit_train is not None:
+        overrides["limit_train"] = args.limit_train
+    if args.limit_test is not None:
+        overrides["limit_test"] = args.limit_test
+    if args.no_export:
+        overrides["export"] = False
+    try:
+        cfg = make_config(overrides)
+    except ValueError as e:
+        raise SystemExit(f"bad config {args.config}: {e}")
+    torch.set_num_threads(int(cfg["threads"]))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    try:
+        trainer = Trainer(cfg, args.data_dir, args.out)
+        ckpt = args.out / "checkpoint.pt"
+        if args.resume:
+            if not ckpt.exists():
+                raise SystemExit(f"--resume: {ckpt} does not exist")
+            trainer.resume(ckpt)
+            print(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}", flush=True)
+        elif ckpt.exists():
+            raise SystemExit(f"{ckpt} exists; pass --resume or choose another --out")
+        last = trainer.fit(progress=not args.no_progress)
+        if last:
+            print(f"done: epoch {last['epoch']} test_acc {last['test_acc']:.4f}", flush=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bonn-serve train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

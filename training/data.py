@@ -1,0 +1,98 @@
+"""CIFAR-10 kept in memory as uint8 tensors, with pad-4 random crop + horizontal flip done on whole batches.
+
+No DataLoader: one gather per batch builds the augmented crops, so the data side costs almost nothing next to
+the binary network. All randomness comes from an explicit `torch.Generator` seeded from (seed, epoch), so the
+batch order and the augmentation of every epoch are reproducible, identical across DDP ranks (each rank takes
+its own stride of the same global permutation) and restart exactly after `--resume`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from bonn_serve.datasets import load_cifar10
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 (N, 3, 32, 32)
+    y: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def load_split(data_dir: str, split: str, layout: str = "auto", limit: int | None = None) -> Split:
+    """Load a split as uint8 NCHW. ``limit`` keeps the first N of a fixed shuffle (smoke runs)."""
+    x, y = load_cifar10(data_dir, split, layout)
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    yt = torch.from_numpy(y)
+    if limit is not None and limit < len(yt):
+        # The npz files are class-major; a fixed permutation avoids a one-class prefix.
+        idx = torch.randperm(len(yt), generator=torch.Generator().manual_seed(1234))[:limit]
+        xt, yt = xt[idx].contiguous(), yt[idx].contiguous()
+    return Split(xt, yt)
+
+
+class Normalizer:
+    """uint8 NCHW -> float32 (x/255 - mean)/std, optionally channels_last."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False):
+        self.scale = (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1)
+        self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1)
+        self.channels_last = channels_last
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        out = torch.addcmul(self.shift, xb.float(), self.scale)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+
+def augment(xb: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded image (pad 4) and random horizontal flip, as one gather."""
+    n, c, h, w = xb.shape
+    padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    rows = oy[:, None] + ar_h[None, :]                                          # (n, h)
+    cols = ox[:, None] + torch.where(flip[:, None], w - 1 - ar_w[None, :], ar_w[None, :])  # (n, w)
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def train_batches(split: Split, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                  start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield this rank's share of each global batch of one epoch (incomplete last batch dropped).
+
+    ``batch_size`` is the global batch; rank r gets the r-th stride of it (batch_size/world images), like a
+    DistributedSampler over the same permutation. ``start_step`` skips batches (mid-epoch resume)."""
+    if batch_size % world:
+        raise ValueError(f"global batch {batch_size} is not divisible by world size {world}")
+    gen = epoch_generator(seed, epoch)
+    perm = torch.randperm(len(split), generator=gen)
+    steps = len(split) // batch_size
+    # Per-rank augmentation stream, forked deterministically from the epoch generator.
+    aug_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)) + rank)
+    for step in range(steps):
+        idx = perm[step * batch_size:(step + 1) * batch_size][rank::world]
+        xb = split.x[idx]
+        xb = augment(xb, aug_gen)
+        if step >= start_step:
+            yield xb, split.y[idx]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size
+
+
+def eval_batches(split: Split, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(split), batch_size):
+        yield split.x[i:i + batch_size], split.y[i:i + batch_size]

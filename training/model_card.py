@@ -1,0 +1,101 @@
+"""Write the model card (JSON + Markdown) of a finished run into models/, with the accuracy measured by
+`bonn-serve eval` (engine for .bonn, onnxruntime for .onnx) on the full test split.
+
+    python -m training.model_card --run runs/bonn_wrn22_16 --model models/bonn-wrn22-16.bonn \
+        --eval-json runs/bonn_wrn22_16/eval_test.json --out models/bonn-wrn22-16
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+PAPER = {"bonn": 87.34, "binary": 84.97, "fp": 91.66}  # ICCV Table 3 / book Table 3.4, WRN-22 16-16-32-64
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_card(run: Path, model: Path, eval_json: Path) -> dict[str, Any]:
+    cfg = json.loads((run / "config.json").read_text())
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [r for r in recs if r.get("kind") == "epoch"]
+    ev = json.loads(eval_json.read_text())
+    if ev["sha256"] != _sha256(model):
+        raise SystemExit(f"{eval_json} was measured on a different file than {model}")
+    last = epochs[-1]
+    kind = "fp" if not cfg["binary"] else ("bonn" if cfg["lam"] > 0 or cfg["theta"] > 0 else "binary")
+    return {
+        "name": model.stem,
+        "file": model.name,
+        "bytes": model.stat().st_size,
+        "sha256": ev["sha256"],
+        "arch": cfg["arch"],
+        "binary": cfg["binary"],
+        "method": {"bonn": "BONN (Bayesian kernel + feature losses)", "binary": "binary, lambda = theta = 0",
+                   "fp": "full precision"}[kind],
+        "data": {"dataset": "CIFAR-10", "train_images": 50000 if cfg.get("limit_train") is None
+                 else cfg["limit_train"], "test_images": ev["n"], "split_evaluated": ev["split"],
+                 "source": "/work/shared/data/cifar10 (JPEG q75 re-encoded copy, see its manifest.json)"},
+        "training": {"epochs": last["epoch"], "steps": last["step"], "config": cfg,
+                     "epoch_time_s_median": sorted(r["epoch_time_s"] for r in epochs)[len(epochs) // 2]},
+        "accuracy": {"test_top1": ev["accuracy"], "measured_with": ev["runtime"],
+                     "correct": ev["correct"], "n": ev["n"],
+                     "torch_test_top1_last_epoch": last["test_acc"],
+                     "per_class": ev["per_class_accuracy"]},
+        "paper_cifar10_top1_200_epochs": PAPER[kind],
+        "latent_weight_bimodality_bc": last.get("bc_mean"),
+    }
+
+
+def render_md(card: dict[str, Any]) -> str:
+    acc = card["accuracy"]
+    tr = card["training"]
+    cfg = tr["config"]
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"- **Model**: {card['method']}, arch `{card['arch']}` (WRN-22, stages 16-16-32-64)",
+        f"- **File**: `{card['file']}`, {card['bytes']:,} bytes, sha256 `{card['sha256']}`",
+        f"- **Data**: CIFAR-10, {card['data']['train_images']:,} training images; evaluated on the "
+        f"{acc['n']:,} {card['data']['split_evaluated']} images",
+        f"- **Test accuracy (top-1)**: **{100 * acc['test_top1']:.2f}%**, "
+        f"measured with {acc['measured_with']} "
+        f"(`bonn-serve eval`); PyTorch after the last epoch: {100 * acc['torch_test_top1_last_epoch']:.2f}%",
+        f"- **Paper** (200 epochs, GPU): {card['paper_cifar10_top1_200_epochs']:.2f}%",
+        f"- **Training**: {tr['epochs']} epochs ({tr['steps']} steps), {cfg['optimizer'].upper()} "
+        f"lr {cfg['lr']} cosine to 0, momentum {cfg['momentum']}, batch {cfg['batch_size']}, "
+        f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}; "
+        f"lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']}"
+        f" (feature loss in the last {100 * cfg['feature_fraction']:.0f}% of epochs)",
+        f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on a shared 2-core CPU "
+        "(three runs concurrently, 1 thread each)",
+        "",
+        "Short schedule: far fewer epochs than the paper's 200, so the accuracy is not comparable to the "
+        "paper's number; see docs/results.md and docs/method.md.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--eval-json", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="prefix: writes PREFIX.card.json, PREFIX.md")
+    args = p.parse_args(argv)
+    card = build_card(args.run, args.model, args.eval_json)
+    Path(f"{args.out}.card.json").write_text(json.dumps(card, indent=2) + "\n")
+    Path(f"{args.out}.md").write_text(render_md(card))
+    summary = {k: card[k] for k in ("name", "bytes", "sha256")}
+    print(json.dumps(summary | {"acc": card["accuracy"]["test_top1"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Plots of a run directory's metrics.jsonl (matplotlib Agg, no display): accuracy and loss curves, and the
+latent-weight histograms per epoch that show whether the kernel prior makes the weights bimodal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write curves.png and weight_hist.png (binary runs) for one run; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir or run_dir)
+    recs = read_metrics(run_dir / "metrics.jsonl")
+    epochs = [r for r in recs if r.get("kind") == "epoch"]
+    written: list[Path] = []
+    if not epochs:
+        return written
+    name = run_dir.name
+    ep = [r["epoch"] for r in epochs]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(ep, [100 * r["test_acc"] for r in epochs], "o-", label="test")
+    axes[0].plot(ep, [100 * r["train_acc"] for r in epochs], "s--", label="train (augmented)")
+    axes[0].set(xlabel="epoch", ylabel="accuracy %", title=f"{name}: accuracy")
+    axes[1].plot(ep, [r["train_ce"] for r in epochs], "o-", label="train CE")
+    axes[1].plot(ep, [r["test_loss"] for r in epochs], "s--", label="test CE")
+    for key in ("train_kernel", "train_feature"):
+        if any(key in r for r in epochs):
+            axes[1].plot([r["epoch"] for r in epochs if key in r], [r[key] for r in epochs if key in r],
+                         "^-", label=key.replace("train_", "L_"))
+    axes[1].set(xlabel="epoch", ylabel="loss", title="losses", yscale="log")
+    steps = [r for r in recs if r.get("kind") == "step" and "grad_ratio" in r]
+    if steps:
+        axes[2].plot([r["step"] for r in steps], [r["grad_ratio"] for r in steps], ".-")
+        axes[2].set(xlabel="step", ylabel="ratio", yscale="log",
+                    title="||dL_kernel/dX|| / ||dL_S/dX||")
+    elif "bc_mean" in epochs[-1]:
+        axes[2].plot(ep, [r["bc_mean"] for r in epochs], "o-")
+        axes[2].set(xlabel="epoch", ylabel="Sarle BC", title="bimodality of latent weights")
+    else:
+        axes[2].axis("off")
+    for ax in axes[:2]:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = out_dir / f"{name}_curves.png"
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    written.append(p)
+
+    hist_recs = [r for r in [*(x for x in recs if x.get("kind") == "init"), *epochs] if r.get("hist")]
+    if hist_recs:
+        layers = list(hist_recs[-1]["hist"])
+        fig, axes = plt.subplots(1, len(layers) + 1, figsize=(5 * (len(layers) + 1), 4))
+        cmap = plt.get_cmap("viridis")
+        for ax, layer in zip(axes, layers):
+            for j, r in enumerate(hist_recs):
+                h = r["hist"].get(layer)
+                if not h:
+                    continue
+                n = len(h["counts"])
+                lim = h["lim"]
+                xs = [(-lim + (k + 0.5) * 2 * lim / n) / lim for k in range(n)]
+                tot = max(sum(h["counts"]), 1)
+                ax.plot(xs, [c / tot for c in h["counts"]], color=cmap(j / max(len(hist_recs) - 1, 1)),
+                        label=f"ep {r['epoch']}" if j in (0, len(hist_recs) - 1) else None)
+            ax.set(xlabel="latent weight / (99.5% |w| quantile)", ylabel="fraction",
+                   title=f"{name}: binary {layer}")
+            ax.legend()
+        axes[-1].plot([r["epoch"] for r in hist_recs], [r["bc_mean"] for r in hist_recs], "o-",
+                      label="Sarle BC")
+        axes[-1].axhline(5 / 9, color="gray", ls=":", label="5/9 (bimodal above)")
+        axes[-1].set(xlabel="epoch", ylabel="BC (mean over binary layers)", title="bimodality")
+        axes[-1].legend()
+        fig.tight_layout()
+        p = out_dir / f"{name}_weight_hist.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def plot_compare(run_dirs: list[str | Path], out_path: str | Path) -> Path:
+    """Test accuracy and latent-weight bimodality of several runs on shared axes (e.g. BONN vs baselines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for run in map(Path, run_dirs):
+        recs = read_metrics(run / "metrics.jsonl")
+        ep = [r for r in recs if r.get("kind") in ("init", "epoch")]
+        axes[0].plot([r["epoch"] for r in ep], [100 * r["test_acc"] for r in ep], "o-", label=run.name)
+        if "bc_mean" in ep[-1]:
+            axes[1].plot([r["epoch"] for r in ep], [r["bc_mean"] for r in ep], "o-", label=run.name)
+    axes[0].set(xlabel="epoch", ylabel="test accuracy %", title="CIFAR-10 test accuracy")
+    axes[1].axhline(5 / 9, color="gray", ls=":", label="5/9")
+    axes[1].axhline(1 / 3, color="gray", ls="--", label="Gaussian (1/3)")
+    axes[1].set(xlabel="epoch", ylabel="Sarle BC (mean over binary layers)", title="latent-weight bimodality")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return Path(out_path)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m training.plots RUN_DIR [RUN_DIR ...] [--compare OUT.png]")
+    args = sys.argv[1:]
+    if "--compare" in args:
+        i = args.index("--compare")
+        print(plot_compare(args[:i], args[i + 1]))
+    else:
+        for run in args:
+            print(plot_run(run))

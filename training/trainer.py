@@ -1,0 +1,399 @@
+"""Training loop for BONN and its baselines: Bayesian losses, cosine schedule, exact resume, CPU DDP (gloo).
+
+One `Trainer` owns the model, the Bayesian loss modules, the optimizer and the run directory. Everything that
+changes during training is saved each epoch as plain tensors/dicts (`torch.save`) and restored with
+`torch.load(weights_only=True)`; batch order and augmentation derive from (seed, epoch), so resuming replays
+exactly the run that was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .binarize import BinaryConv2d
+from .data import Normalizer, Split, eval_batches, load_split, train_batches
+from .losses import BayesianFeatureLoss, BayesianKernelLoss, bimodality, binary_layers, clamp_recon_
+from .models import ARCHS, build_model
+
+DEFAULTS: dict[str, Any] = dict(
+    name="run", arch="wrn22-16", binary=True, num_classes=10, dropout=0.0,
+    seed=0, epochs=10, batch_size=128,
+    optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, slow_lr_scale=0.1,
+    lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25,
+    channels_last=True, threads=1, log_every=50, eval_batch=500,
+    layout="auto", limit_train=None, limit_test=None, export=True, hist_layers=3,
+)
+
+
+def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    cfg = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None or k.startswith("limit_")}}
+    if cfg["arch"] not in ARCHS:
+        raise ValueError(f"unknown arch {cfg['arch']!r}; choose from {sorted(ARCHS)}")
+    if cfg["optimizer"] not in ("sgd", "adam"):
+        raise ValueError("optimizer must be 'sgd' or 'adam'")
+    for key in ("lam", "nu", "theta", "lr", "weight_decay"):
+        if float(cfg[key]) < 0:
+            raise ValueError(f"{key} must be >= 0")
+    if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    if not 0.0 <= float(cfg["feature_fraction"]) <= 1.0:
+        raise ValueError("feature_fraction must be in [0, 1]")
+    return cfg
+
+
+def cosine_factor(step: int, total: int) -> float:
+    """lr multiplier: cosine from 1 to 0 over `total` steps."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+class Trainer:
+    def __init__(self, cfg: dict[str, Any], data_dir: str, out_dir: str | Path):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        torch.manual_seed(int(cfg["seed"]))
+        self.spec = ARCHS[cfg["arch"]]["input"]
+        self.model = build_model(cfg["arch"], binary=bool(cfg["binary"]), num_classes=int(cfg["num_classes"]),
+                                 dropout=float(cfg["dropout"]))
+        if cfg["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.kernel_loss = (BayesianKernelLoss(self.model, cfg["lam"], cfg["nu"])
+                            if cfg["binary"] and cfg["lam"] > 0 else None)
+        self.feature_loss = None
+        if cfg["theta"] > 0:
+            self.feature_loss = BayesianFeatureLoss(int(cfg["num_classes"]), self.model.feature_dim,
+                                                    cfg["theta"], cfg["center_alpha"])
+        self.optimizer = self._make_optimizer()
+        self.norm = Normalizer(self.spec.mean, self.spec.std, bool(cfg["channels_last"]))
+        self.train = load_split(data_dir, "train", cfg["layout"], cfg["limit_train"])
+        self.test = load_split(data_dir, "test", cfg["layout"], cfg["limit_test"])
+        self.steps_per_epoch = len(self.train) // int(cfg["batch_size"])
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(self.train)} training images < one batch of {cfg['batch_size']}")
+        self.total_steps = self.steps_per_epoch * int(cfg["epochs"])
+        self.feature_start = int(round(int(cfg["epochs"]) * (1.0 - float(cfg["feature_fraction"]))))
+        self.epoch = 0   # next epoch to run
+        self.step = 0    # optimizer steps done
+        self.hist_idx = self._hist_layer_indices()
+
+    # ----- setup -------------------------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        latent, recon, decay, no_decay = [], [], [], []
+        for m in self.model.modules():
+            for pname, p in m.named_parameters(recurse=False):
+                if isinstance(m, BinaryConv2d):
+                    (latent if pname == "weight" else recon).append(p)
+                elif isinstance(m, (nn.Conv2d, nn.Linear)) and pname == "weight":
+                    decay.append(p)
+                else:
+                    no_decay.append(p)  # BN, PReLU, biases
+        slow = list(recon)
+        mu: list[nn.Parameter] = []
+        if self.kernel_loss is not None:
+            mu += list(self.kernel_loss.mu)
+            slow += list(self.kernel_loss.sigma)
+        if self.feature_loss is not None:
+            slow.append(self.feature_loss.sigma)
+        wd, s = float(cfg["weight_decay"]), float(cfg["slow_lr_scale"])
+        # w (recon) and every sigma learn at 0.1x the base lr (paper section 3.1.3); latent binary weights get
+        # no weight decay (only their signs matter; the kernel prior is their regulariser).
+        groups = [dict(params=decay, weight_decay=wd, lr_scale=1.0, name="decay"),
+                  dict(params=latent, weight_decay=0.0, lr_scale=1.0, name="latent"),
+                  dict(params=no_decay + mu, weight_decay=0.0, lr_scale=1.0, name="other"),
+                  dict(params=slow, weight_decay=0.0, lr_scale=s, name="slow")]
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g["lr"] = float(cfg["lr"]) * g["lr_scale"]
+        if cfg["optimizer"] == "adam":
+            # Adam's L2 is not decoupled; use AdamW semantics for the decayed group.
+            return torch.optim.AdamW(groups, lr=float(cfg["lr"]), weight_decay=0.0)
+        return torch.optim.SGD(groups, lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
+                               nesterov=bool(cfg["nesterov"]))
+
+    def _hist_layer_indices(self) -> list[int]:
+        n = len(binary_layers(self.model))
+        k = min(int(self.cfg["hist_layers"]), n)
+        if k <= 0:
+            return []
+        return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+
+    def all_params(self) -> list[nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def set_lr(self) -> float:
+        f = cosine_factor(self.step, self.total_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = float(self.cfg["lr"]) * g["lr_scale"] * f
+        return float(self.cfg["lr"]) * f
+
+    # ----- state -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "bonn-serve-train/1",
+            "config": dict(self.cfg),
+            "epoch": self.epoch, "step": self.step,
+            "model": self.model.state_dict(),
+            "kernel_loss": self.kernel_loss.state_dict() if self.kernel_loss is not None else {},
+            "feature_loss": self.feature_loss.state_dict() if self.feature_loss is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step, "total_steps": self.total_steps},
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        if ckpt.get("format") != "bonn-serve-train/1":
+            raise ValueError("not a bonn-serve training checkpoint")
+        for key in ("arch", "binary", "lam", "theta", "num_classes"):
+            if ckpt["config"].get(key) != self.cfg.get(key):
+                raise ValueError(f"checkpoint {key}={ckpt['config'].get(key)!r} differs from config "
+                                 f"{self.cfg.get(key)!r}")
+        self.model.load_state_dict(ckpt["model"])
+        if self.kernel_loss is not None:
+            self.kernel_loss.load_state_dict(ckpt["kernel_loss"])
+        if self.feature_loss is not None:
+            self.feature_loss.load_state_dict(ckpt["feature_loss"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        # Group hyper-parameters (lr_scale, weight decay) come from the current config, not the checkpoint.
+        fresh = self._make_optimizer().param_groups
+        for g, f in zip(self.optimizer.param_groups, fresh):
+            g["lr_scale"], g["weight_decay"] = f["lr_scale"], f["weight_decay"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+
+    def save_checkpoint(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def resume(self, path: Path) -> None:
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    # ----- distributed helpers -----------------------------------------------------------------------------
+    def _sync_grads(self) -> None:
+        if self.world == 1:
+            return
+        params = [p for p in self.all_params()]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        off = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[off:off + n].view_as(p).clone(memory_format=torch.preserve_format) \
+                if p.grad is None else p.grad.copy_(flat[off:off + n].view_as(p))
+            off += n
+
+    def _sync_buffers(self) -> None:
+        """BN running statistics follow rank 0 (as DDP's broadcast_buffers)."""
+        if self.world == 1:
+            return
+        for b in self.model.buffers():
+            dist.broadcast(b, 0)
+
+    def _update_centers(self, f: torch.Tensor, y: torch.Tensor) -> None:
+        diff, count = self.feature_loss.center_deltas(f, y)
+        if self.world > 1:
+            packed = torch.cat([diff, count[:, None]], 1)
+            dist.all_reduce(packed)
+            diff, count = packed[:, :-1], packed[:, -1]
+        self.feature_loss.apply_center_update(diff, count)
+
+    # ----- one step / one epoch ----------------------------------------------------------------------------
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, feature_on: bool,
+                   measure: bool) -> dict[str, float]:
+        self._sync_buffers()
+        lr = self.set_lr()
+        x = self.norm(xb)
+        logits, feats = self.model.forward_with_features(x)
+        ce = F.cross_entropy(logits, yb)
+        loss = ce
+        kern = torch.zeros(())
+        feat = torch.zeros(())
+        if self.kernel_loss is not None:
+            kern = self.kernel_loss()
+            loss = loss + kern
+        if self.feature_loss is not None and feature_on:
+            feat = self.feature_loss(feats, yb)
+            loss = loss + feat
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._sync_grads()
+        out = {"ce": float(ce.detach()), "acc": float((logits.argmax(1) == yb).float().mean()), "lr": lr}
+        if self.kernel_loss is not None:
+            out["kernel"] = float(kern.detach())
+        if feature_on and self.feature_loss is not None:
+            out["feature"] = float(feat.detach())
+        if measure:
+            out.update(self._grad_ratios())
+        self.optimizer.step()
+        self.step += 1
+        if self.model.binary:
+            clamp_recon_(self.model)
+        if self.kernel_loss is not None:
+            self.kernel_loss.clamp_()
+        if self.feature_loss is not None:
+            self.feature_loss.clamp_()
+            # Centers are tracked from the start (they do not touch the network) so they are meaningful when
+            # the feature loss switches on; the update follows the optimizer step (paper Alg. 1 line 15).
+            self._update_centers(feats, yb)
+        return out
+
+    @torch.no_grad()
+    def _grad_ratios(self) -> dict[str, float]:
+        """||dL_kernel/dX|| / ||dL_rest/dX|| over all latent binary weights (rest = cross-entropy, plus the
+        feature loss in the fine-tuning phase), using the closed-form kernel gradient (Eq. 13)."""
+        if self.kernel_loss is None:
+            return {}
+        gk = self.kernel_loss.grad_wrt_weights()
+        layers = self.kernel_loss.layers
+        nk = math.sqrt(sum(float(g.square().sum()) for g in gk))
+        nr = math.sqrt(sum(float((lay.weight.grad - g).square().sum()) for lay, g in zip(layers, gk)))
+        return {"grad_ratio": nk / max(nr, 1e-30)}
+
+    def run_epoch(self, progress: bool = True) -> dict[str, float]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        epoch = self.epoch
+        feature_on = self.feature_loss is not None and epoch >= self.feature_start
+        self.model.train()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        start_step = self.step - epoch * self.steps_per_epoch
+        batches = train_batches(self.train, int(cfg["batch_size"]), int(cfg["seed"]), epoch,
+                                self.rank, self.world, start_step)
+        bar = tqdm(batches, total=self.steps_per_epoch - start_step, desc=f"{cfg['name']} ep {epoch + 1}",
+                   disable=not progress or self.rank != 0, mininterval=10.0, dynamic_ncols=True)
+        t0 = time.time()
+        n_img = 0
+        for xb, yb in bar:
+            measure = (self.step % int(cfg["log_every"])) == 0
+            m = self.train_step(xb, yb, feature_on, measure)
+            n_img += len(yb) * self.world
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            if measure and self.rank == 0:
+                self.log({"kind": "step", "epoch": epoch + 1, "step": self.step, **m})
+            ips = n_img / max(time.time() - t0, 1e-9)
+            bar.set_postfix({k: f"{sums[k] / counts[k]:.4g}" for k in ("ce", "kernel", "feature", "acc")
+                             if k in sums} | {"img/s": f"{ips:.0f}"}, refresh=False)
+        self._sync_buffers()  # the last step's BN statistics update happened per rank
+        dt = time.time() - t0
+        res = {f"train_{k}": v / counts[k] for k, v in sums.items() if k not in ("lr",)}
+        res.update(epoch_time_s=dt, images_per_s=n_img / max(dt, 1e-9), feature_on=feature_on,
+                   lr_end=cosine_factor(self.step, self.total_steps) * float(cfg["lr"]))
+        return res
+
+    @torch.no_grad()
+    def evaluate(self, split: Split | None = None) -> dict[str, float]:
+        split = split or self.test
+        self.model.eval()
+        correct, loss_sum = 0, 0.0
+        for xb, yb in eval_batches(split, int(self.cfg["eval_batch"])):
+            logits = self.model(self.norm(xb))
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+        n = len(split)
+        return {"test_acc": correct / n, "test_loss": loss_sum / n}
+
+    @torch.no_grad()
+    def weight_stats(self) -> dict[str, Any]:
+        layers = binary_layers(self.model)
+        if not layers:
+            return {}
+        stats = [bimodality(lay.weight) for lay in layers]
+        out: dict[str, Any] = {
+            "bc_mean": sum(s["bc"] for s in stats) / len(stats),
+            "kurtosis_mean": sum(s["kurtosis"] for s in stats) / len(stats),
+            "near_mode_mean": sum(s["near_mode"] for s in stats) / len(stats),
+            "alpha_mean": sum(float(lay.alpha) for lay in layers) / len(layers),
+            "bc_per_layer": [round(s["bc"], 4) for s in stats],
+            "hist": {},
+        }
+        for i in self.hist_idx:
+            w = layers[i].weight.detach().flatten()
+            lim = float(w.abs().quantile(0.995)) if w.numel() < 2**24 else float(w.abs().max())
+            counts = torch.histc(w, bins=80, min=-lim, max=lim)
+            out["hist"][f"layer{i}"] = {"lim": lim, "counts": [int(c) for c in counts]}
+        if self.kernel_loss is not None:
+            out["prior_mu_mean"] = float(torch.cat([m.detach() for m in self.kernel_loss.mu]).mean())
+            out["prior_sigma_mean"] = float(torch.cat([s.detach() for s in self.kernel_loss.sigma]).mean())
+        return out
+
+    # ----- logging / driver --------------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self, epochs: int | None = None, progress: bool = True,
+            export: bool | None = None) -> dict[str, Any]:
+        """Train until `epochs` (default: the config's) epochs are done; returns the last epoch record."""
+        epochs = int(epochs or self.cfg["epochs"])
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
+            if self.epoch == 0 and self.step == 0:
+                self.log({"kind": "init", "epoch": 0, **self.evaluate(), **self.weight_stats()})
+        last: dict[str, Any] = {}
+        while self.epoch < epochs:
+            rec = self.run_epoch(progress)
+            self.epoch += 1
+            if self.rank == 0:
+                last = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **rec, **self.evaluate(),
+                        **self.weight_stats()}
+                if self.kernel_loss is not None:
+                    last["kernel_value"] = self.kernel_loss.value()
+                self.log(last)
+                self.save_checkpoint(self.out / "checkpoint.pt")
+                self._plot()
+            if self.world > 1:
+                dist.barrier()
+        if self.rank == 0 and (self.cfg["export"] if export is None else export):
+            self.export()
+        return last
+
+    def _plot(self) -> None:
+        try:
+            from .plots import plot_run
+            plot_run(self.out)
+        except Exception as e:  # plotting must never kill a long run
+            print(f"[plots] skipped: {e}", flush=True)
+
+    def export(self) -> Path:
+        """Write model.bonn (binary) or model.onnx (full precision) into the run directory."""
+        from .export import export_bonn, export_onnx
+
+        model = build_model(self.cfg["arch"], binary=bool(self.cfg["binary"]),
+                            num_classes=int(self.cfg["num_classes"]), dropout=float(self.cfg["dropout"]))
+        model.load_state_dict(self.model.state_dict())  # contiguous NCHW copy for the exporters
+        model.eval()
+        last = self.evaluate()
+        prov = {"trained": True, "run": self.cfg["name"], "epochs": self.epoch, "steps": self.step,
+                "config": dict(self.cfg), "torch_test_acc": last["test_acc"]}
+        if self.model.binary:
+            path = self.out / "model.bonn"
+            digest = export_bonn(model, path, self.cfg["arch"], provenance=prov)
+            info = {"exported": str(path), "sha256": digest, "bytes": path.stat().st_size}
+            print(json.dumps(info), flush=True)
+        else:
+            path = self.out / "model.onnx"
+            export_onnx(model, path, arch=self.cfg["arch"])
+            print(json.dumps({"exported": str(path), "bytes": path.stat().st_size}), flush=True)
+        return path
