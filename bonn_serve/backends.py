@@ -6,9 +6,10 @@ preprocessing come from the registry metadata (the .bonn header, or the card / p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class LoadedModel:
     classes: list[str]
     input_spec: dict[str, Any]
     weight_bytes: int
-    resident_bytes: int          # RSS growth when this model was loaded (this process)
+    resident_bytes: int  # RSS growth when this model was loaded (this process)
     load_seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +83,16 @@ def load_model(entry: registry.ModelEntry, threads: int) -> LoadedModel:
     h, w, c = int(spec.get("height", 32)), int(spec.get("width", 32)), int(spec.get("channels", 3))
     logits = predict(np.zeros((1, c, h, w), np.float32))
     if logits.shape != (1, len(classes)):
-        raise registry.RegistryError(f"{entry.tag}: model outputs {logits.shape[1:]} logits for "
-                                     f"{len(classes)} classes")
-    return LoadedModel(entry, predict, classes, spec, int(md.get("weight_bytes") or 0),
-                       max(0, process_rss() - rss0), time.perf_counter() - t0, extra)
+        raise registry.RegistryError(
+            f"{entry.tag}: model outputs {logits.shape[1:]} logits for {len(classes)} classes"
+        )
+    return LoadedModel(
+        entry,
+        predict,
+        classes,
+        spec,
+        int(md.get("weight_bytes") or 0),
+        max(0, process_rss() - rss0),
+        time.perf_counter() - t0,
+        extra,
+    )

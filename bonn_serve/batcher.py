@@ -35,10 +35,10 @@ class Overloaded(RuntimeError):
 
 @dataclass
 class BatchResult:
-    logits: np.ndarray       # [n, classes] for this request's images
-    inference_s: float       # engine time of the batch(es) that carried them
-    queue_s: float           # time from submit to the start of that engine call
-    batch_images: int        # size of the engine batch
+    logits: np.ndarray  # [n, classes] for this request's images
+    inference_s: float  # engine time of the batch(es) that carried them
+    queue_s: float  # time from submit to the start of that engine call
+    batch_images: int  # size of the engine batch
 
 
 @dataclass
@@ -49,9 +49,17 @@ class _Item:
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32,
-                 max_wait_ms: float = 0.0, max_queue: int = 256, inline_ms: float = 0.0,
-                 on_batch: Callable[[int, float], None] | None = None, name: str = "model") -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 256,
+        inline_ms: float = 0.0,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "model",
+    ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or inline_ms < 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms and inline_ms >= 0")
         self.inline_s = inline_ms / 1000.0
@@ -84,8 +92,11 @@ class MicroBatcher:
         n = int(x.shape[0])
         if self._pending_images + n > self.max_queue:
             wait = self.expected_s(self._pending_images)
-            raise Overloaded(f"model {self.name!r} has {self._pending_images} images queued "
-                             f"(limit {self.max_queue}); retry later", max(1, math.ceil(wait)))
+            raise Overloaded(
+                f"model {self.name!r} has {self._pending_images} images queued "
+                f"(limit {self.max_queue}); retry later",
+                max(1, math.ceil(wait)),
+            )
         self._ensure_runner()
         fut = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(x, fut, time.perf_counter()))
@@ -150,8 +161,9 @@ class MicroBatcher:
             for item in items:
                 k = int(item.x.shape[0])
                 if not item.future.done():
-                    item.future.set_result(BatchResult(logits[offset:offset + k], engine_s,
-                                                       start - item.enqueued, n))
+                    item.future.set_result(
+                        BatchResult(logits[offset : offset + k], engine_s, start - item.enqueued, n)
+                    )
                 offset += k
 
     def close(self) -> None:

@@ -299,12 +299,21 @@ def summary_table(result: dict[str, Any]) -> str:
                      f"(x{s['fp32_over_bonn']:.1f} smaller), INT8 ONNX {s['onnx_int8_bytes']:,} B "
                      f"(x{s['int8_over_bonn']:.1f})")
     for arch, layers in result["layers"].items():
+        lines.append(f"{arch}: sum of per-op minimum times, batch 1, 1 thread: {sum(l['ms'] for l in layers):.2f} ms "
+                     f"(binary convs {sum(l['ms'] for l in layers if l['op'] == 'binary_conv2d'):.2f} ms, "
+                     f"float convs {sum(l['ms'] for l in layers if l['op'] == 'conv2d'):.2f} ms)")
         bl = [l for l in layers if l["op"] == "binary_conv2d"]
         if bl:
             lines.append(f"{arch}: binary layers at batch 1, 1 thread: "
                          f"{min(l['pct_peak_in_graph'] for l in bl):.0f}-{max(l['pct_peak_in_graph'] for l in bl):.0f}% "
                          f"of peak in the graph, {min(l['pct_peak_isolated'] for l in bl):.0f}-"
                          f"{max(l['pct_peak_isolated'] for l in bl):.0f}% alone")
+    load = result["machine"].get("loadavg_start")
+    if load and load[0] > (result["machine"].get("cores") or 1):
+        lines.append(f"NOTE: the machine was busy (load average {load[0]:.1f} at the start, "
+                     f"{(result['machine'].get('loadavg_end') or [0])[0]:.1f} at the end, on "
+                     f"{result['machine'].get('cores')} cores): absolute times are inflated; ratios were measured "
+                     f"interleaved, per-op times are minima")
     for k, v in result["targets"].items():
         lines.append(f"target {k}: {v if not isinstance(v, float) else round(v, 2)}")
     return "\n".join(lines)

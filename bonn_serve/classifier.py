@@ -52,7 +52,10 @@ def softmax_top_k(logits: np.ndarray, classes: list[str], k: int) -> list[list[d
     probs = z / z.sum(axis=1, keepdims=True)
     # stable sort on -prob: ties keep class order, so the top-1 equals argmax of the logits
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[{"label": classes[j], "score": round(float(p[j]), 6)} for j in row] for p, row in zip(probs, order)]
+    return [
+        [{"label": classes[j], "score": round(float(p[j]), 6)} for j in row]
+        for p, row in zip(probs, order, strict=True)
+    ]
 
 
 class Classifier:
@@ -67,21 +70,33 @@ class Classifier:
             entry = loaded.entry
             self.models[entry.name] = ServedModel(
                 loaded,
-                MicroBatcher(loaded.predict, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                             max_queue=settings.max_queue, inline_ms=settings.inline_ms,
-                             on_batch=self._batch_recorder(loaded),
-                             name=entry.name),
-                DecodeLimits(settings.max_pixels, draft_to=int(loaded.input_spec.get("resize", 0)) or None))
+                MicroBatcher(
+                    loaded.predict,
+                    max_batch=settings.max_batch,
+                    max_wait_ms=settings.max_wait_ms,
+                    max_queue=settings.max_queue,
+                    inline_ms=settings.inline_ms,
+                    on_batch=self._batch_recorder(loaded),
+                    name=entry.name,
+                ),
+                DecodeLimits(settings.max_pixels, draft_to=int(loaded.input_spec.get("resize", 0)) or None),
+            )
             metrics.WEIGHT_BYTES.labels(entry.name, entry.backend).set(loaded.weight_bytes)
             metrics.MODEL_RSS_BYTES.labels(entry.name, entry.backend).set(loaded.resident_bytes)
-            logger.info("loaded %s (%s): %d weight bytes, +%.1f MiB RSS, %.2f s", entry.tag, entry.backend,
-                        loaded.weight_bytes, loaded.resident_bytes / 2**20, loaded.load_seconds)
+            logger.info(
+                "loaded %s (%s): %d weight bytes, +%.1f MiB RSS, %.2f s",
+                entry.tag,
+                entry.backend,
+                loaded.weight_bytes,
+                loaded.resident_bytes / 2**20,
+                loaded.load_seconds,
+            )
         self.default_model = self._pick_default(settings.default_model)
         metrics.update_process_rss()
         self._rss_updated = time.monotonic()
 
     @classmethod
-    def from_registry(cls, settings: Settings, entries: list[registry.ModelEntry]) -> "Classifier":
+    def from_registry(cls, settings: Settings, entries: list[registry.ModelEntry]) -> Classifier:
         """Load (sha256-verified) every entry into its backend."""
         return cls(settings, [load_model(entry, settings.threads) for entry in entries])
 
@@ -89,8 +104,9 @@ class Classifier:
         if wanted:
             name, _ = registry.parse_tag(wanted)
             if name not in self.models:
-                raise registry.RegistryError(f"BONN_DEFAULT_MODEL={wanted!r} is not among the served models "
-                                             f"{sorted(self.models)}")
+                raise registry.RegistryError(
+                    f"BONN_DEFAULT_MODEL={wanted!r} is not among the served models {sorted(self.models)}"
+                )
             return name
         bonn = sorted(n for n, m in self.models.items() if m.model.entry.kind == "bonn")
         return bonn[0] if bonn else sorted(self.models)[0]
@@ -115,8 +131,9 @@ class Classifier:
             raise RequestError("unknown_model", str(e), 404) from None
         served = self.models.get(name)
         if served is None or (version and version != served.model.entry.version):
-            raise RequestError("unknown_model", f"model {model!r} is not served here; available: "
-                               f"{sorted(self.models)}", 404)
+            raise RequestError(
+                "unknown_model", f"model {model!r} is not served here; available: {sorted(self.models)}", 404
+            )
         return served
 
     def parse_top_k(self, raw: str | int | None, served: ServedModel) -> int:
@@ -140,24 +157,37 @@ class Classifier:
                 raise RequestError(e.code, f"image {i}: {e.detail}", e.status) from None
         return preprocess_images(images, served.model.input_spec)
 
-    async def classify(self, blobs: list[bytes], model: str | None = None, top_k: str | int | None = None,
-                       started: float | None = None) -> dict[str, Any]:
-        """Classify encoded images. Raises RequestError for client errors, Overloaded when the queue is full."""
+    async def classify(
+        self,
+        blobs: list[bytes],
+        model: str | None = None,
+        top_k: str | int | None = None,
+        started: float | None = None,
+    ) -> dict[str, Any]:
+        """Classify encoded images. Raises RequestError (client errors) or Overloaded (queue full)."""
         t0 = started if started is not None else time.perf_counter()
         served = self.resolve(model)
         k = self.parse_top_k(top_k, served)
         if not blobs:
             raise RequestError("no_image", "the request contains no image")
         if len(blobs) > self.settings.max_images:
-            raise RequestError("too_many_images", f"{len(blobs)} images in one request; the limit is "
-                               f"{self.settings.max_images}", 413)
+            raise RequestError(
+                "too_many_images",
+                f"{len(blobs)} images in one request; the limit is {self.settings.max_images}",
+                413,
+            )
         t_dec = time.perf_counter()
         if sum(len(b) for b in blobs) <= INLINE_DECODE_BYTES:
             x = self._decode_all(blobs, served)
         else:
             x = await asyncio.to_thread(self._decode_all, blobs, served)
         decode_s = time.perf_counter() - t_dec
-        result = await served.batcher.submit(x)
+        queue_gauge = metrics.QUEUE_IMAGES.labels(served.model.name)
+        queue_gauge.set(served.batcher.queued_images + len(blobs))
+        try:
+            result = await served.batcher.submit(x)
+        finally:
+            queue_gauge.set(served.batcher.queued_images)
         predictions = softmax_top_k(result.logits, served.model.classes, k)
         total_s = time.perf_counter() - t0
         lm = served.model
@@ -167,10 +197,16 @@ class Classifier:
             self._rss_updated = time.monotonic()
             metrics.update_process_rss()
         return {
-            "model": lm.name, "version": lm.entry.version, "backend": lm.backend,
+            "model": lm.name,
+            "version": lm.entry.version,
+            "backend": lm.backend,
             "predictions": predictions,
-            "timings_ms": {"decode": round(decode_s * 1e3, 3), "queue": round(result.queue_s * 1e3, 3),
-                           "inference": round(result.inference_s * 1e3, 3), "total": round(total_s * 1e3, 3)},
+            "timings_ms": {
+                "decode": round(decode_s * 1e3, 3),
+                "queue": round(result.queue_s * 1e3, 3),
+                "inference": round(result.inference_s * 1e3, 3),
+                "total": round(total_s * 1e3, 3),
+            },
             "batch_size": result.batch_images,
         }
 
@@ -178,10 +214,15 @@ class Classifier:
         out = []
         for name, served in sorted(self.models.items()):
             lm = served.model
-            out.append({**lm.entry.summary(), "default": name == self.default_model,
-                        "classes": len(lm.classes), "input": {k: lm.input_spec.get(k) for k in
-                                                              ("height", "width", "resize", "crop")},
-                        "resident_bytes": lm.resident_bytes})
+            out.append(
+                {
+                    **lm.entry.summary(),
+                    "default": name == self.default_model,
+                    "classes": len(lm.classes),
+                    "input": {k: lm.input_spec.get(k) for k in ("height", "width", "resize", "crop")},
+                    "resident_bytes": lm.resident_bytes,
+                }
+            )
         return out
 
     def close(self) -> None:

@@ -34,8 +34,9 @@ class Engine:
 
     def __init__(self, packed: PackedModel, threads: int | None = None, popcount: str | None = None,
                  float_isa: str | None = None, source: str | None = None, file_bytes: int | None = None):
-        if threads is not None and (not isinstance(threads, int) or threads < 0):
-            raise ValueError(f"threads must be a non-negative integer or None, got {threads!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                    or not 0 <= threads <= 256):
+            raise ValueError(f"threads must be an integer in 0..256 (0 or None: all cores), got {threads!r}")
         self.packed = packed
         self.source = source
         self.file_bytes = file_bytes

@@ -28,7 +28,9 @@ IMAGE_FIELD = "image"
 RAW_TYPES = ("application/octet-stream",)
 
 
-def error_response(code: str, detail: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    code: str, detail: str, status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
     metrics.ERRORS.labels(code).inc()
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
@@ -42,7 +44,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise RequestError("bad_request", "invalid Content-Length header") from None
         if size > limit:
-            raise RequestError("request_too_large", f"request body is {size} bytes; the limit is {limit}", 413)
+            raise RequestError(
+                "request_too_large", f"request body is {size} bytes; the limit is {limit}", 413
+            )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -58,20 +62,27 @@ async def parse_images(request: Request, body: bytes, max_images: int) -> tuple[
     media = ctype.split(";")[0].strip().lower()
     params = {k: v for k, v in request.query_params.items() if k in ("model", "top_k")}
     if not body:
-        raise RequestError("empty_body", "the request body is empty; send an image as multipart field "
-                           f"'{IMAGE_FIELD}' or as a raw body with Content-Type: image/*")
+        raise RequestError(
+            "empty_body",
+            "the request body is empty; send an image as multipart field "
+            f"'{IMAGE_FIELD}' or as a raw body with Content-Type: image/*",
+        )
     if media.startswith("image/") or media in RAW_TYPES:
         return [body], params
     if media != "multipart/form-data":
-        raise RequestError("unsupported_media_type", f"Content-Type {media or '(none)'!r} is not supported; use "
-                           "multipart/form-data or image/*", 415)
+        raise RequestError(
+            "unsupported_media_type",
+            f"Content-Type {media or '(none)'!r} is not supported; use multipart/form-data or image/*",
+            415,
+        )
 
     async def stream():
         yield body
 
     try:
-        parser = MultiPartParser(request.headers, stream(), max_files=4 * max_images + 16, max_fields=64,
-                                 max_part_size=64 << 10)
+        parser = MultiPartParser(
+            request.headers, stream(), max_files=4 * max_images + 16, max_fields=64, max_part_size=64 << 10
+        )
         form = await parser.parse()
     except Exception as e:  # MultiPartException and python-multipart's own errors: malformed body
         raise RequestError("bad_multipart", f"malformed multipart body: {e}") from None
@@ -84,7 +95,9 @@ async def parse_images(request: Request, body: bytes, max_images: int) -> tuple[
                 else:
                     other_files.append(key)
             elif key == IMAGE_FIELD:
-                raise RequestError("bad_field", f"field '{IMAGE_FIELD}' must be a file upload, not a text value")
+                raise RequestError(
+                    "bad_field", f"field '{IMAGE_FIELD}' must be a file upload, not a text value"
+                )
             elif key in ("model", "top_k"):
                 params[key] = value
     finally:
@@ -93,13 +106,18 @@ async def parse_images(request: Request, body: bytes, max_images: int) -> tuple[
         got = f"; got file fields {sorted(set(other_files))}" if other_files else ""
         raise RequestError("missing_field", f"no multipart file field '{IMAGE_FIELD}'{got}")
     if len(blobs) > max_images:
-        raise RequestError("too_many_images", f"{len(blobs)} images in one request; the limit is {max_images}",
-                           413)
+        raise RequestError(
+            "too_many_images", f"{len(blobs)} images in one request; the limit is {max_images}", 413
+        )
     return blobs, params
 
 
-def build_app(get_classifier: Callable[[], Classifier]) -> Starlette:
-    """Routes /classify, /models and /compare; `get_classifier` returns this worker's Classifier."""
+def build_app(
+    get_classifier: Callable[[], Classifier], base_openapi: Callable[[], dict[str, Any]] | None = None
+) -> Starlette:
+    """Routes /classify, /models and /compare; `get_classifier` returns this worker's Classifier.
+    With `base_openapi` (BentoML's spec as a dict) also /docs.json with our routes merged in; BentoML adds
+    its own /docs.json after mounted apps, so this one answers."""
 
     async def classify(request: Request) -> Response:
         started = time.perf_counter()
@@ -126,13 +144,27 @@ def build_app(get_classifier: Callable[[], Classifier]) -> Starlette:
 
         report = compare_report(get_classifier())
         wants_html = request.query_params.get("format") == "html" or (
-            "text/html" in request.headers.get("accept", "") and request.query_params.get("format") != "json")
+            "text/html" in request.headers.get("accept", "") and request.query_params.get("format") != "json"
+        )
         if wants_html:
             return HTMLResponse(render_html(report))
         return JSONResponse(report)
 
-    return Starlette(routes=[
-        Route("/classify", classify, methods=["POST"]),
-        Route("/models", models, methods=["GET"]),
-        Route("/compare", compare, methods=["GET"]),
-    ])
+    async def docs(request: Request) -> Response:
+        from .openapi import PATHS, merged_spec
+
+        try:
+            base = base_openapi() if base_openapi else {}
+        except Exception:  # never lose the document over BentoML internals; ours alone is still useful
+            logger.exception("cannot build BentoML's OpenAPI document")
+            base = {"openapi": "3.0.2", "info": {"title": "bonn_classifier", "version": "0"}, "paths": {}}
+        return JSONResponse(merged_spec(base) if base else {"paths": PATHS})
+
+    return Starlette(
+        routes=[
+            Route("/docs.json", docs, methods=["GET"]),
+            Route("/classify", classify, methods=["POST"]),
+            Route("/models", models, methods=["GET"]),
+            Route("/compare", compare, methods=["GET"]),
+        ]
+    )

@@ -52,8 +52,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Im
     except UnidentifiedImageError:
         fmt, size = sniff(data)
         if fmt is None:
-            raise ImageError("not_an_image", "the bytes are not an image in a supported format "
-                             f"({', '.join(ALLOWED_FORMATS)})") from None
+            raise ImageError(
+                "not_an_image",
+                f"the bytes are not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
+            ) from None
         if size is not None and 0 in size:
             raise ImageError("zero_size_image", f"{fmt} image has zero size ({size[0]}x{size[1]})") from None
         raise ImageError("corrupt_image", f"{fmt} image with an invalid or truncated header") from None
@@ -66,8 +68,11 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Im
     if width <= 0 or height <= 0:
         raise ImageError("zero_size_image", f"image has zero size ({width}x{height})")
     if width * height > limits.max_pixels:
-        raise ImageError("image_too_large", f"image is {width}x{height} = {width * height} pixels; "
-                         f"the limit is {limits.max_pixels}", 413)
+        raise ImageError(
+            "image_too_large",
+            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
+            413,
+        )
     try:
         im.seek(0)  # animated GIF / WebP: classify the first frame
         if limits.draft_to and im.format in ("JPEG", "MPO"):

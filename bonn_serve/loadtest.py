@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SHED_SUFFIX = " (503 shed)"  # must match loadtests/locustfile.py
+SHED_SUFFIXES = {"503": " (503 shed)", "429": " (429 shed)"}  # must match loadtests/locustfile.py
 FAILURE_KINDS = ("http_5xx", "http_4xx", "bad_body", "timeout", "connection", "task_error")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -326,8 +326,11 @@ def _block(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarize(stats: list[dict[str, Any]], outcomes: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Locust's JSON stats + the locustfile's outcome counts -> per-name and per-route numbers."""
-    answered = [e for e in stats if not e["name"].endswith(SHED_SUFFIX)]
-    shed = [e for e in stats if e["name"].endswith(SHED_SUFFIX)]
+    def shed_status(name: str) -> str | None:
+        return next((code for code, suffix in SHED_SUFFIXES.items() if name.endswith(suffix)), None)
+
+    answered = [e for e in stats if shed_status(e["name"]) is None]
+    shed = [e for e in stats if shed_status(e["name"]) is not None]
     classify = [e for e in answered if e["name"].split(" ", 1)[0] in ("bonn", "fp")]
     span_entries = [e for e in stats if e["num_requests"]]
     all_block = _block(span_entries) if span_entries else {"requests": 0, "rps": None}
@@ -336,7 +339,9 @@ def summarize(stats: list[dict[str, Any]], outcomes: dict[str, dict[str, int]]) 
     # Route throughput counts answered + shed requests over the whole run, so routes compare fairly.
     per_route = {r: _block([e for e in classify if e["name"].startswith(r + " ")]) for r in routes}
     for r in routes:
-        per_route[r]["shed_503"] = sum(e["num_requests"] for e in shed if e["name"].startswith(r + " "))
+        for code in SHED_SUFFIXES:
+            per_route[r][f"shed_{code}"] = sum(e["num_requests"] for e in shed
+                                               if e["name"].startswith(r + " ") and shed_status(e["name"]) == code)
     kinds: dict[str, int] = {}
     for counts in outcomes.values():
         for kind, n in counts.items():
@@ -347,10 +352,12 @@ def summarize(stats: list[dict[str, Any]], outcomes: dict[str, dict[str, int]]) 
     if other:
         kinds["other"] = other
     n_shed = sum(e["num_requests"] for e in shed)
+    by_code = {code: sum(e["num_requests"] for e in shed if shed_status(e["name"]) == code) for code in SHED_SUFFIXES}
     n_total = all_block["requests"]
     return {"total": all_block, "routes": per_route, "names": per_name,
             "failures": sum(kinds.values()), "failures_by_kind": kinds,
-            "shed_503": n_shed, "shed_ratio": round(n_shed / n_total, 4) if n_total else 0.0,
+            "shed_503": by_code["503"], "shed_429": by_code["429"],
+            "shed_ratio": round(n_shed / n_total, 4) if n_total else 0.0,
             "outcomes": outcomes}
 
 
@@ -409,7 +416,7 @@ def compare_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str,
                      **{k: med([b.get(k) for b in blocks]) for k in ("rps", "p50_ms", "p95_ms", "p99_ms")},
                      "requests": sum(b.get("requests", 0) for b in blocks),
                      "failures": sum(s["failures"] for s in summaries),
-                     "shed_503": sum(s["shed_503"] for s in summaries)})
+                     "shed": sum(s["shed_503"] + s.get("shed_429", 0) for s in summaries)})
     ratios = [b["routes"]["bonn"]["rps"] / f["routes"]["fp"]["rps"]
               for b, f in zip(runs.get("bonn", []), runs.get("fp", []))
               if b["routes"].get("bonn", {}).get("rps") and f["routes"].get("fp", {}).get("rps")]
@@ -417,11 +424,11 @@ def compare_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str,
 
 
 def compare_markdown(rows: list[dict[str, Any]], ratio: float | None) -> str:
-    lines = ["| route | rounds | requests | req/s (median) | p50 ms | p95 ms | p99 ms | failures | 503 shed |",
+    lines = ["| route | rounds | requests | req/s (median) | p50 ms | p95 ms | p99 ms | failures | shed (503/429) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['route']} | {r['rounds']} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
-                     f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {r['shed_503']} |")
+                     f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {r['shed']} |")
     if ratio is not None:
         lines.append("")
         lines.append(f"BONN/FP throughput ratio (median of per-round ratios): **{ratio:.2f}x**")
@@ -554,10 +561,11 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
     else:
         t = summary["total"]
         print(f"total: {t['requests']} requests, {t.get('rps')} req/s, failures {summary['failures']} "
-              f"{summary['failures_by_kind']}, 503 shed {summary['shed_503']}", file=out)
+              f"{summary['failures_by_kind']}, shed 503: {summary['shed_503']}, 429: {summary['shed_429']}",
+              file=out)
         for r, b in summary["routes"].items():
             print(f"  {r:5s} {b['requests']:6d} req {b['rps']} req/s  p50 {b['p50_ms']} p95 {b['p95_ms']} "
-                  f"p99 {b['p99_ms']} ms  shed {b.get('shed_503', 0)}", file=out)
+                  f"p99 {b['p99_ms']} ms  shed {b.get('shed_503', 0)} + {b.get('shed_429', 0)} (429)", file=out)
         if "soak" in summary:
             s = summary["soak"]
             if s.get("ok"):

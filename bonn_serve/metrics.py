@@ -13,28 +13,84 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Fine buckets from 0.1 ms to 5 s so percentiles interpolated from them are within a few percent.
-LATENCY_BUCKETS = (0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
-                   0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.0002,
+    0.0003,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-INFERENCE_SECONDS = Histogram("bonn_inference_seconds", "Engine time per batch (one forward pass)",
-                              ["model", "backend"], buckets=LATENCY_BUCKETS)
-REQUEST_SECONDS = Histogram("bonn_request_seconds",
-                            "End-to-end /classify time per successful request (read body to response)",
-                            ["model", "backend"], buckets=LATENCY_BUCKETS)
-DECODE_SECONDS = Histogram("bonn_decode_seconds", "Image decode + preprocessing time per request",
-                           ["model", "backend"], buckets=LATENCY_BUCKETS)
-BATCH_IMAGES = Histogram("bonn_batch_size", "Images per engine batch (after adaptive batching)",
-                         ["model", "backend"], buckets=BATCH_BUCKETS)
+INFERENCE_SECONDS = Histogram(
+    "bonn_inference_seconds",
+    "Engine time per batch (one forward pass)",
+    ["model", "backend"],
+    buckets=LATENCY_BUCKETS,
+)
+REQUEST_SECONDS = Histogram(
+    "bonn_request_seconds",
+    "End-to-end /classify time per successful request (read body to response)",
+    ["model", "backend"],
+    buckets=LATENCY_BUCKETS,
+)
+DECODE_SECONDS = Histogram(
+    "bonn_decode_seconds",
+    "Image decode + preprocessing time per request",
+    ["model", "backend"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_IMAGES = Histogram(
+    "bonn_batch_size",
+    "Images per engine batch (after adaptive batching)",
+    ["model", "backend"],
+    buckets=BATCH_BUCKETS,
+)
 IMAGES = Counter("bonn_images_classified", "Images classified", ["model", "backend"])
 ERRORS = Counter("bonn_errors", "Rejected or failed /classify requests", ["reason"])
-WEIGHT_BYTES = Gauge("bonn_model_weight_bytes", "Bytes of model weights as stored/loaded",
-                     ["model", "backend"], multiprocess_mode="max")
-MODEL_RSS_BYTES = Gauge("bonn_model_resident_bytes", "Resident memory added by loading the model (per worker)",
-                        ["model", "backend"], multiprocess_mode="max")
-PROCESS_RSS = Gauge("bonn_process_resident_bytes", "Resident memory of each serving worker process",
-                    multiprocess_mode="liveall")
-QUEUE_IMAGES = Gauge("bonn_queue_images", "Images waiting for the engine", ["model"], multiprocess_mode="livesum")
+WEIGHT_BYTES = Gauge(
+    "bonn_model_weight_bytes",
+    "Bytes of model weights as stored/loaded",
+    ["model", "backend"],
+    multiprocess_mode="max",
+)
+MODEL_RSS_BYTES = Gauge(
+    "bonn_model_resident_bytes",
+    "Resident memory added by loading the model (per worker)",
+    ["model", "backend"],
+    multiprocess_mode="max",
+)
+PROCESS_RSS = Gauge(
+    "bonn_process_resident_bytes",
+    "Resident memory of each serving worker process",
+    multiprocess_mode="liveall",
+)
+QUEUE_IMAGES = Gauge(
+    "bonn_queue_images", "Images waiting for the engine", ["model"], multiprocess_mode="livesum"
+)
 
 
 def process_rss() -> int:

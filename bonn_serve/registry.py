@@ -2,10 +2,10 @@
 
 A registered model is a BentoML model (`$BENTOML_HOME/models/<name>/<version>/`) holding the file
 (`model.bonn` or `model.onnx`) and its card (`card.json`). Labels are for people and `bentoml models list`
-(project, kind, arch, dataset, backend, accuracy, baseline); metadata holds what the service checks (the file's
-sha256 and size, weight bytes, classes and input preprocessing). Registering the same file with the same card
-twice returns the existing version. Loading re-hashes the stored file, so a model edited on disk after
-registration is refused.
+(project, kind, arch, dataset, backend, accuracy, baseline); metadata holds what the service checks
+(the file's sha256 and size, weight bytes, classes and input preprocessing). Registering the same file
+with the same card twice returns the existing version. Loading re-hashes the stored file, so a model
+edited on disk after registration is refused.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_LABEL = "bonn-serve"
-BONN_BACKEND = "bonn-xnor"          # the bit-packed XNOR/popcount engine
-FP_BACKEND = "onnxruntime-fp32"     # the full-precision baseline
+BONN_BACKEND = "bonn-xnor"  # the bit-packed XNOR/popcount engine
+FP_BACKEND = "onnxruntime-fp32"  # the full-precision baseline
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 VERSION_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 CARD_SUFFIX = ".card.json"
@@ -34,9 +34,9 @@ class RegistryError(ValueError):
 class ModelEntry:
     name: str
     version: str
-    kind: str                 # "bonn" or "fp"
+    kind: str  # "bonn" or "fp"
     backend: str
-    path: Path                # the stored model file
+    path: Path  # the stored model file
     labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -55,12 +55,20 @@ class ModelEntry:
 
     def summary(self) -> dict[str, Any]:
         """What /models and `bonn-serve models` show."""
-        return {"name": self.name, "version": self.version, "kind": self.kind, "backend": self.backend,
-                "arch": self.labels.get("arch"), "dataset": self.labels.get("dataset"),
-                "accuracy": self.accuracy, "weight_bytes": self.metadata.get("weight_bytes"),
-                "file_bytes": self.metadata.get("file_bytes"), "sha256": self.metadata.get("sha256"),
-                "baseline": self.labels.get("baseline") or None,
-                "baseline_of": self.labels.get("baseline_of") or None}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "backend": self.backend,
+            "arch": self.labels.get("arch"),
+            "dataset": self.labels.get("dataset"),
+            "accuracy": self.accuracy,
+            "weight_bytes": self.metadata.get("weight_bytes"),
+            "file_bytes": self.metadata.get("file_bytes"),
+            "sha256": self.metadata.get("sha256"),
+            "baseline": self.labels.get("baseline") or None,
+            "baseline_of": self.labels.get("baseline_of") or None,
+        }
 
 
 # --------------------------------------------------------------------------------------------- environment
@@ -75,8 +83,10 @@ def setup_environment(default_home: str | Path = "bentoml_home") -> Path:
 
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise RegistryError(f"invalid model name {name!r}: use 1-63 characters from a-z, 0-9, '.', '_', '-' "
-                            "starting with a letter or digit")
+        raise RegistryError(
+            f"invalid model name {name!r}: use 1-63 characters from a-z, 0-9, '.', '_', '-' "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -125,7 +135,11 @@ def card_accuracy(card: dict[str, Any], dataset: str | None) -> float | None:
     """Cards give accuracy as a number or as {split: number}; prefer the dataset's test split."""
     acc = card.get("accuracy")
     if isinstance(acc, dict):
-        keys = [k for k in acc if dataset and k.startswith(dataset)] + [k for k in acc if "test" in k] + list(acc)
+        keys = (
+            [k for k in acc if dataset and k.startswith(dataset)]
+            + [k for k in acc if "test" in k]
+            + list(acc)
+        )
         acc = next((acc[k] for k in keys if isinstance(acc[k], (int, float))), None)
     if isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0.0 <= acc <= 100.0:
         return float(acc) / 100.0 if acc > 1.0 else float(acc)
@@ -195,7 +209,7 @@ def _fields(buf: bytes):
             n, i = _varint(buf, i)
             if i + n > len(buf):
                 raise RegistryError("malformed ONNX file (field runs past the end)")
-            yield fnum, wire, buf[i:i + n]
+            yield fnum, wire, buf[i : i + n]
             i += n
         elif wire == 1:
             i += 8
@@ -218,8 +232,15 @@ def _entry(model: Any) -> ModelEntry:
     labels = {k: str(v) for k, v in model.info.labels.items()}
     kind = labels.get("kind", "bonn")
     fname = "model.bonn" if kind == "bonn" else "model.onnx"
-    return ModelEntry(model.tag.name, model.tag.version, kind, labels.get("backend", ""),
-                      Path(model.path_of(fname)), labels, md)
+    return ModelEntry(
+        model.tag.name,
+        model.tag.version,
+        kind,
+        labels.get("backend", ""),
+        Path(model.path_of(fname)),
+        labels,
+        md,
+    )
 
 
 def _find_same(name: str, sha: str, card_sha: str) -> ModelEntry | None:
@@ -235,8 +256,9 @@ def _find_same(name: str, sha: str, card_sha: str) -> ModelEntry | None:
     return None
 
 
-def register_file(path: Path, kind: str, card: dict[str, Any], name: str, labels: dict[str, str],
-                  metadata: dict[str, Any]) -> tuple[ModelEntry, bool]:
+def register_file(
+    path: Path, kind: str, card: dict[str, Any], name: str, labels: dict[str, str], metadata: dict[str, Any]
+) -> tuple[ModelEntry, bool]:
     """Store one model file with its card. Returns (entry, created); created is False when an identical
     file+card is already registered under `name`."""
     validate_name(name)
@@ -247,8 +269,14 @@ def register_file(path: Path, kind: str, card: dict[str, Any], name: str, labels
         return same, False
     bentoml = _bentoml()
     fname = "model.bonn" if kind == "bonn" else "model.onnx"
-    md = {"sha256": sha, "file_bytes": path.stat().st_size, "card_sha256": card_sha, "card": card,
-          "source": str(path.resolve()), **metadata}
+    md = {
+        "sha256": sha,
+        "file_bytes": path.stat().st_size,
+        "card_sha256": card_sha,
+        "card": card,
+        "source": str(path.resolve()),
+        **metadata,
+    }
     all_labels = {"project": PROJECT_LABEL, "kind": kind, **{k: str(v) for k, v in labels.items()}}
     with bentoml.models.create(name, labels=all_labels, metadata=md) as m:
         dst = Path(m.path_of(fname))
@@ -259,8 +287,9 @@ def register_file(path: Path, kind: str, card: dict[str, Any], name: str, labels
     return _entry(bentoml.models.get(f"{name}:{m.tag.version}")), True
 
 
-def register(path: str | Path, fp: str | Path | None = None, name: str | None = None,
-             fp_name: str | None = None) -> list[tuple[ModelEntry, bool]]:
+def register(
+    path: str | Path, fp: str | Path | None = None, name: str | None = None, fp_name: str | None = None
+) -> list[tuple[ModelEntry, bool]]:
     """Register a packed .bonn model and (from `fp` or the card's `fp_baseline`) its FP ONNX baseline."""
     from .format import read_bonn
 
@@ -290,17 +319,32 @@ def register(path: str | Path, fp: str | Path | None = None, name: str | None = 
         fp_card = load_card(fp_path)
         fp_entry_name = validate_name(fp_name or fp_card.get("name") or fp_path.stem)
         fp_acc = card_accuracy(fp_card, dataset)
-        fp_labels = {"arch": fp_card.get("arch") or arch, "dataset": fp_card.get("dataset") or dataset,
-                     "backend": FP_BACKEND, "accuracy": "unknown" if fp_acc is None else f"{fp_acc:.4f}",
-                     "baseline_of": name}
-        fp_md = {"weight_bytes": int(fp_card.get("weight_bytes") or onnx_weight_bytes(fp_path)),
-                 "classes": fp_card.get("classes") or packed.classes,
-                 "input": fp_card.get("input") or packed.input_spec}
+        fp_labels = {
+            "arch": fp_card.get("arch") or arch,
+            "dataset": fp_card.get("dataset") or dataset,
+            "backend": FP_BACKEND,
+            "accuracy": "unknown" if fp_acc is None else f"{fp_acc:.4f}",
+            "baseline_of": name,
+        }
+        fp_md = {
+            "weight_bytes": int(fp_card.get("weight_bytes") or onnx_weight_bytes(fp_path)),
+            "classes": fp_card.get("classes") or packed.classes,
+            "input": fp_card.get("input") or packed.input_spec,
+        }
         results.append(register_file(fp_path, "fp", fp_card, fp_entry_name, fp_labels, fp_md))
-    labels = {"arch": arch, "dataset": dataset, "backend": BONN_BACKEND,
-              "accuracy": "unknown" if accuracy is None else f"{accuracy:.4f}", "baseline": fp_entry_name or ""}
-    md = {"weight_bytes": packed.weight_bytes, "classes": packed.classes, "input": packed.input_spec,
-          "bonn_sha256": packed.checksum}
+    labels = {
+        "arch": arch,
+        "dataset": dataset,
+        "backend": BONN_BACKEND,
+        "accuracy": "unknown" if accuracy is None else f"{accuracy:.4f}",
+        "baseline": fp_entry_name or "",
+    }
+    md = {
+        "weight_bytes": packed.weight_bytes,
+        "classes": packed.classes,
+        "input": packed.input_spec,
+        "bonn_sha256": packed.checksum,
+    }
     results.insert(0, register_file(path, "bonn", card, name, labels, md))
     return results
 
@@ -352,7 +396,9 @@ def verified_path(entry: ModelEntry) -> Path:
         raise RegistryError(f"{entry.tag}: stored file {entry.path} is missing")
     actual = sha256_file(entry.path)
     if actual != entry.metadata.get("sha256"):
-        raise RegistryError(f"{entry.tag}: stored file {entry.path} does not match its registered sha256 "
-                            f"(expected {entry.metadata.get('sha256')}, got {actual}); it was changed "
-                            "after registration; register it again")
+        raise RegistryError(
+            f"{entry.tag}: stored file {entry.path} does not match its registered sha256 "
+            f"(expected {entry.metadata.get('sha256')}, got {actual}); it was changed "
+            "after registration; register it again"
+        )
     return entry.path

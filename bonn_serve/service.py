@@ -12,12 +12,12 @@ from bonn_serve.registry import setup_environment
 
 setup_environment()  # BENTOML_HOME / BENTOML_DO_NOT_TRACK must be set before bentoml reads them
 
-import bentoml  # noqa: E402
+import bentoml
 
-from bonn_serve import registry  # noqa: E402
-from bonn_serve.classifier import Classifier  # noqa: E402
-from bonn_serve.http_api import build_app  # noqa: E402
-from bonn_serve.settings import Settings, load_settings  # noqa: E402
+from bonn_serve import registry
+from bonn_serve.classifier import Classifier
+from bonn_serve.http_api import build_app
+from bonn_serve.settings import Settings, load_settings
 
 SETTINGS = load_settings()
 
@@ -26,12 +26,17 @@ def served_entries(settings: Settings) -> list[registry.ModelEntry]:
     """BONN_MODELS if set, else the latest version of every registered bonn-serve model."""
     entries = [registry.get(tag) for tag in settings.models] if settings.models else registry.list_models()
     if not entries:
-        raise registry.RegistryError("no bonn-serve models in the BentoML store; run `bonn-serve register "
-                                     "MODEL.bonn` or `bonn-serve serve` (which registers models/)")
+        raise registry.RegistryError(
+            "no bonn-serve models in the BentoML store; run `bonn-serve register "
+            "MODEL.bonn` or `bonn-serve serve` (which registers models/)"
+        )
     return entries
 
 
-http_app = build_app(lambda: bentoml.get_current_service().classifier)
+http_app = build_app(
+    lambda: bentoml.get_current_service().classifier,
+    base_openapi=lambda: BonnClassifier.openapi_spec.asdict(),
+)
 
 
 @bentoml.asgi_app(http_app, path="/", name="bonn_api")

@@ -57,18 +57,18 @@ def _float_env(name: str, default: float, lo: float, hi: float) -> float:
 @dataclass(frozen=True)
 class Settings:
     cpus: int
-    workers: int              # BONN_WORKERS: server processes, each with every model loaded
-    threads: int              # BONN_THREADS: engine / onnxruntime threads per worker
-    max_batch: int            # BONN_MAX_BATCH: images per engine call
-    max_wait_ms: float        # BONN_MAX_WAIT_MS: how long a batch may wait to fill (0 = take what is queued)
-    inline_ms: float          # BONN_INLINE_MS: batches expected to take at most this run on the event loop
-    max_queue: int            # BONN_MAX_QUEUE: queued images per model before 503
-    max_images: int           # BONN_MAX_IMAGES: images per request
-    max_body_bytes: int       # BONN_MAX_BODY_BYTES: request body limit (413 above)
-    max_pixels: int           # BONN_MAX_PIXELS: pixels per image (413 above)
-    max_concurrency: int      # BONN_MAX_CONCURRENCY: in-flight requests per worker (BentoML traffic limit)
-    models: tuple[str, ...]   # BONN_MODELS: registry tags to serve (empty = every registered bonn-serve model)
-    default_model: str        # BONN_DEFAULT_MODEL: used when a request names none (empty = first BONN)
+    workers: int  # BONN_WORKERS: server processes, each with every model loaded
+    threads: int  # BONN_THREADS: engine / onnxruntime threads per worker
+    max_batch: int  # BONN_MAX_BATCH: images per engine call
+    max_wait_ms: float  # BONN_MAX_WAIT_MS: how long a batch may wait to fill (0 = take what is queued)
+    inline_ms: float  # BONN_INLINE_MS: batches expected to take at most this run on the event loop
+    max_queue: int  # BONN_MAX_QUEUE: queued images per model before 503
+    max_images: int  # BONN_MAX_IMAGES: images per request
+    max_body_bytes: int  # BONN_MAX_BODY_BYTES: request body limit (413 above)
+    max_pixels: int  # BONN_MAX_PIXELS: pixels per image (413 above)
+    max_concurrency: int  # BONN_MAX_CONCURRENCY: in-flight requests per worker (BentoML traffic limit)
+    models: tuple[str, ...]  # BONN_MODELS: registry tags to serve (empty = every registered bonn-serve model)
+    default_model: str  # BONN_DEFAULT_MODEL: used when a request names none (empty = first BONN)
 
 
 def load_settings() -> Settings:
@@ -80,12 +80,19 @@ def load_settings() -> Settings:
     threads = _int_env("BONN_THREADS", max(1, cpus // workers), 1, 256)
     if workers * threads > cpus:
         capped = max(1, cpus // workers)
-        logger.warning("BONN_WORKERS x BONN_THREADS = %d x %d exceeds %d CPUs; using %d threads",
-                       workers, threads, cpus, capped)
+        logger.warning(
+            "BONN_WORKERS x BONN_THREADS = %d x %d exceeds %d CPUs; using %d threads",
+            workers,
+            threads,
+            cpus,
+            capped,
+        )
         threads = capped
     models = tuple(t.strip() for t in os.environ.get("BONN_MODELS", "").split(",") if t.strip())
     return Settings(
-        cpus=cpus, workers=workers, threads=threads,
+        cpus=cpus,
+        workers=workers,
+        threads=threads,
         max_batch=_int_env("BONN_MAX_BATCH", 32, 1, 1024),
         max_wait_ms=_float_env("BONN_MAX_WAIT_MS", 0.0, 0.0, 1000.0),
         inline_ms=_float_env("BONN_INLINE_MS", 2.0, 0.0, 1000.0),

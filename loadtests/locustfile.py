@@ -18,6 +18,7 @@ Configuration (environment variables, so the runner and a human use the same kno
 
 A 503 is load shedding, not a failure: it is recorded under "<name> (503 shed)" as a success, so the
 per-route latency stats only contain answered requests, and the outcome file counts it as `shed_503`.
+A 429 (BentoML's own in-flight limit, BONN_MAX_CONCURRENCY) is shedding too, kept apart as `shed_429`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from PIL import Image
 
 CIFAR_DEFAULT = "/work/shared/data/cifar10/cifar10_mini.npz"
 POOL = 48  # distinct images per kind: enough to defeat any caching, small enough to build in < 1 s
-SHED_SUFFIX = " (503 shed)"
+SHED_SUFFIX = {"shed_503": " (503 shed)", "shed_429": " (429 shed)"}
 
 _outcomes: dict[str, Counter] = defaultdict(Counter)
 _outcomes_lock = threading.Lock()
@@ -175,8 +176,8 @@ class ClassifyUser(HttpUser):
             with self.client.post("/classify", params=params, files=files, data=data, headers=headers,
                                   name=name, timeout=self.timeout, catch_response=True) as resp:
                 kind = self._judge(resp, n_expected)
-                if kind == "shed_503":
-                    resp.request_meta["name"] = name + SHED_SUFFIX
+                if kind in SHED_SUFFIX:
+                    resp.request_meta["name"] = name + SHED_SUFFIX[kind]
                     resp.success()
                 elif kind == "ok":
                     resp.success()
@@ -195,6 +196,8 @@ class ClassifyUser(HttpUser):
             return "timeout" if "timed out" in err or "timeout" in err else "connection"
         if status == 503:
             return "shed_503"
+        if status == 429:
+            return "shed_429"
         if status >= 500:
             return "http_5xx"
         if status >= 400:

@@ -24,9 +24,27 @@ def export_random_models(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     """A random wrn22-16 BONN (.bonn) and its FP baseline (.onnx), through the real exporter (needs torch)."""
     pytest.importorskip("torch")
     bonn, fp = out_dir / f"{BONN_NAME}.bonn", out_dir / f"{FP_NAME}.onnx"
-    subprocess.run([sys.executable, "-m", "bonn_serve", "export", "--arch", "wrn22-16", "--random", "--seed",
-                    str(seed), "--out", str(bonn), "--onnx-fp", str(fp)], check=True, cwd=REPO,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bonn_serve",
+            "export",
+            "--arch",
+            "wrn22-16",
+            "--random",
+            "--seed",
+            str(seed),
+            "--out",
+            str(bonn),
+            "--onnx-fp",
+            str(fp),
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+    )
     return bonn, fp
 
 
@@ -39,23 +57,52 @@ def free_port() -> int:
 class Server:
     """`bonn-serve serve` on loopback with its own BENTOML_HOME; registers `models_dir` on start."""
 
-    def __init__(self, models_dir: Path, home: Path, log: Path, python: str = sys.executable,
-                 cwd: Path = REPO, **env: str) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        home: Path,
+        log: Path,
+        python: str = sys.executable,
+        cwd: Path = REPO,
+        **env: str,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        self.env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
-                    "BONN_WORKERS": "1", "BONN_THREADS": "1", **env}
+        self.env = {
+            **os.environ,
+            "BENTOML_HOME": str(home),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BONN_WORKERS": "1",
+            "BONN_THREADS": "1",
+            **env,
+        }
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.cmd = [python, "-m", "bonn_serve", "serve", "--models-dir", str(models_dir),
-                    "--host", "127.0.0.1", "--port", str(self.port)]
+        self.cmd = [
+            python,
+            "-m",
+            "bonn_serve",
+            "serve",
+            "--models-dir",
+            str(models_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> "Server":
+    def start(self, timeout: float = 90.0) -> Server:
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -76,7 +123,9 @@ class Server:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the arbiter (exec'd by bonn-serve serve) stops its workers
+            self.proc.send_signal(
+                signal.SIGTERM
+            )  # the arbiter (exec'd by bonn-serve serve) stops its workers
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:

@@ -14,9 +14,8 @@ import zlib
 import numpy as np
 import pytest
 import requests
-from PIL import Image
-
 from _serving import BONN_NAME, Server, encode, export_random_models, synthetic_images
+from PIL import Image
 
 MAX_BODY = 1 << 20  # a smaller body limit than the default 8 MiB keeps the test quick
 MAX_IMAGES = 4
@@ -31,8 +30,14 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
     d = tmp_path_factory.mktemp("server")
-    srv = Server(models[0], d / "home", d / "server.log", BONN_MAX_BODY_BYTES=str(MAX_BODY),
-                 BONN_MAX_IMAGES=str(MAX_IMAGES), BONN_MAX_PIXELS="4000000").start()
+    srv = Server(
+        models[0],
+        d / "home",
+        d / "server.log",
+        BONN_MAX_BODY_BYTES=str(MAX_BODY),
+        BONN_MAX_IMAGES=str(MAX_IMAGES),
+        BONN_MAX_PIXELS="4000000",
+    ).start()
     yield srv
     srv.stop()
 
@@ -40,8 +45,13 @@ def server(models, tmp_path_factory):
 def png_header_only(w: int, h: int) -> bytes:
     def chunk(t: bytes, d: bytes) -> bytes:
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def real_bomb_png() -> bytes:
@@ -57,48 +67,117 @@ TIFF = (lambda b: (Image.new("RGB", (8, 8)).save(b, "TIFF"), b.getvalue())[1])(i
 
 # name -> (request kwargs, expected status, expected error code)
 CASES: dict[str, tuple[dict, int, str]] = {
-    "non_image_multipart": (dict(files=[("image", ("x.png", b"this is text", "image/png"))]), 400, "not_an_image"),
+    "non_image_multipart": (
+        dict(files=[("image", ("x.png", b"this is text", "image/png"))]),
+        400,
+        "not_an_image",
+    ),
     "non_image_raw": (dict(data=b"GIF87a? no", headers={"Content-Type": "image/gif"}), 400, "corrupt_image"),
-    "pdf_bytes": (dict(data=b"%PDF-1.7\n1 0 obj", headers={"Content-Type": "image/png"}), 400, "not_an_image"),
-    "truncated_png": (dict(files=[("image", ("t.png", GOOD[: len(GOOD) // 2], "image/png"))]), 400,
-                      "corrupt_image"),
-    "truncated_jpeg": (dict(data=JPEG[: len(JPEG) // 2], headers={"Content-Type": "image/jpeg"}), 400,
-                       "corrupt_image"),
+    "pdf_bytes": (
+        dict(data=b"%PDF-1.7\n1 0 obj", headers={"Content-Type": "image/png"}),
+        400,
+        "not_an_image",
+    ),
+    "truncated_png": (
+        dict(files=[("image", ("t.png", GOOD[: len(GOOD) // 2], "image/png"))]),
+        400,
+        "corrupt_image",
+    ),
+    "truncated_jpeg": (
+        dict(data=JPEG[: len(JPEG) // 2], headers={"Content-Type": "image/jpeg"}),
+        400,
+        "corrupt_image",
+    ),
     "empty_raw_body": (dict(data=b"", headers={"Content-Type": "image/png"}), 400, "empty_body"),
     "empty_multipart_file": (dict(files=[("image", ("e.png", b"", "image/png"))]), 400, "empty_image"),
     "wrong_field_name": (dict(files=[("images", ("a.png", GOOD, "image/png"))]), 400, "missing_field"),
     "image_as_text_field": (dict(files=[("image", (None, "hello"))]), 400, "bad_field"),
-    "zero_width": (dict(data=png_header_only(0, 10), headers={"Content-Type": "image/png"}), 400, "zero_size_image"),
-    "zero_height": (dict(files=[("image", ("z.png", png_header_only(10, 0), "image/png"))]), 400,
-                    "zero_size_image"),
-    "pixel_bomb_header": (dict(data=png_header_only(60000, 60000), headers={"Content-Type": "image/png"}), 413,
-                          "image_too_large"),
-    "pixel_bomb_real": (dict(files=[("image", ("b.png", real_bomb_png(), "image/png"))]), 413, "image_too_large"),
-    "too_many_images": (dict(files=[("image", (f"{i}.png", GOOD, "image/png")) for i in range(MAX_IMAGES + 1)]),
-                        413, "too_many_images"),
-    "body_too_large": (dict(data=b"\xff\xd8\xff" + b"\0" * MAX_BODY, headers={"Content-Type": "image/jpeg"}), 413,
-                       "request_too_large"),
-    "unknown_model": (dict(files=[("image", ("a.png", GOOD, "image/png"))], data={"model": "nope"}), 404,
-                      "unknown_model"),
-    "path_traversal_model": (dict(data=GOOD, headers={"Content-Type": "image/png"},
-                                  params={"model": "../../etc/passwd"}), 404, "unknown_model"),
-    "unknown_version": (dict(data=GOOD, headers={"Content-Type": "image/png"},
-                             params={"model": f"{BONN_NAME}:doesnotexist"}), 404, "unknown_model"),
-    "top_k_text": (dict(files=[("image", ("a.png", GOOD, "image/png"))], data={"top_k": "abc"}), 400, "bad_top_k"),
-    "top_k_zero": (dict(data=GOOD, headers={"Content-Type": "image/png"}, params={"top_k": "0"}), 400,
-                   "bad_top_k"),
-    "top_k_too_big": (dict(data=GOOD, headers={"Content-Type": "image/png"}, params={"top_k": "11"}), 400,
-                      "bad_top_k"),
-    "top_k_negative": (dict(data=GOOD, headers={"Content-Type": "image/png"}, params={"top_k": "-3"}), 400,
-                       "bad_top_k"),
-    "content_type_json": (dict(data=b'{"image": "x"}', headers={"Content-Type": "application/json"}), 415,
-                          "unsupported_media_type"),
-    "content_type_text": (dict(data=GOOD, headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+    "zero_width": (
+        dict(data=png_header_only(0, 10), headers={"Content-Type": "image/png"}),
+        400,
+        "zero_size_image",
+    ),
+    "zero_height": (
+        dict(files=[("image", ("z.png", png_header_only(10, 0), "image/png"))]),
+        400,
+        "zero_size_image",
+    ),
+    "pixel_bomb_header": (
+        dict(data=png_header_only(60000, 60000), headers={"Content-Type": "image/png"}),
+        413,
+        "image_too_large",
+    ),
+    "pixel_bomb_real": (
+        dict(files=[("image", ("b.png", real_bomb_png(), "image/png"))]),
+        413,
+        "image_too_large",
+    ),
+    "too_many_images": (
+        dict(files=[("image", (f"{i}.png", GOOD, "image/png")) for i in range(MAX_IMAGES + 1)]),
+        413,
+        "too_many_images",
+    ),
+    "body_too_large": (
+        dict(data=b"\xff\xd8\xff" + b"\0" * MAX_BODY, headers={"Content-Type": "image/jpeg"}),
+        413,
+        "request_too_large",
+    ),
+    "unknown_model": (
+        dict(files=[("image", ("a.png", GOOD, "image/png"))], data={"model": "nope"}),
+        404,
+        "unknown_model",
+    ),
+    "path_traversal_model": (
+        dict(data=GOOD, headers={"Content-Type": "image/png"}, params={"model": "../../etc/passwd"}),
+        404,
+        "unknown_model",
+    ),
+    "unknown_version": (
+        dict(data=GOOD, headers={"Content-Type": "image/png"}, params={"model": f"{BONN_NAME}:doesnotexist"}),
+        404,
+        "unknown_model",
+    ),
+    "top_k_text": (
+        dict(files=[("image", ("a.png", GOOD, "image/png"))], data={"top_k": "abc"}),
+        400,
+        "bad_top_k",
+    ),
+    "top_k_zero": (
+        dict(data=GOOD, headers={"Content-Type": "image/png"}, params={"top_k": "0"}),
+        400,
+        "bad_top_k",
+    ),
+    "top_k_too_big": (
+        dict(data=GOOD, headers={"Content-Type": "image/png"}, params={"top_k": "11"}),
+        400,
+        "bad_top_k",
+    ),
+    "top_k_negative": (
+        dict(data=GOOD, headers={"Content-Type": "image/png"}, params={"top_k": "-3"}),
+        400,
+        "bad_top_k",
+    ),
+    "content_type_json": (
+        dict(data=b'{"image": "x"}', headers={"Content-Type": "application/json"}),
+        415,
+        "unsupported_media_type",
+    ),
+    "content_type_text": (
+        dict(data=GOOD, headers={"Content-Type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    ),
     "no_content_type": (dict(data=GOOD, headers={"Content-Type": ""}), 415, "unsupported_media_type"),
-    "multipart_without_boundary": (dict(data=GOOD, headers={"Content-Type": "multipart/form-data"}), 400,
-                                   "bad_multipart"),
-    "multipart_garbage": (dict(data=b"--xyz\r\nnonsense", headers={"Content-Type": "multipart/form-data; "
-                                                                   "boundary=xyz"}), 400, "missing_field"),
+    "multipart_without_boundary": (
+        dict(data=GOOD, headers={"Content-Type": "multipart/form-data"}),
+        400,
+        "bad_multipart",
+    ),
+    "multipart_garbage": (
+        dict(data=b"--xyz\r\nnonsense", headers={"Content-Type": "multipart/form-data; boundary=xyz"}),
+        400,
+        "missing_field",
+    ),
     "unsupported_format_tiff": (dict(data=TIFF, headers={"Content-Type": "image/tiff"}), 400, "not_an_image"),
 }
 
@@ -119,7 +198,9 @@ def test_chunked_body_over_limit_is_413(server):
         for _ in range(MAX_BODY // 65536 + 2):
             yield b"\0" * 65536
 
-    r = requests.post(server.url + "/classify", data=chunks(), headers={"Content-Type": "image/png"}, timeout=60)
+    r = requests.post(
+        server.url + "/classify", data=chunks(), headers={"Content-Type": "image/png"}, timeout=60
+    )
     assert r.status_code == 413 and r.json()["error"] == "request_too_large"
 
 
@@ -163,17 +244,20 @@ def test_overload_gives_503_with_retry_after(models):
     entry = registry.ModelEntry(BONN_NAME, "test", "bonn", registry.BONN_BACKEND, models[1])
     loaded = LoadedModel(entry, held_predict, engine.classes, engine.input_spec, 1, 0, 0.0)
     settings = load_settings()
-    settings = type(settings)(**{**settings.__dict__, "max_batch": 1, "max_queue": 2,
-                                           "inline_ms": 0.0})  # engine on its thread: the loop stays free
+    settings = type(settings)(
+        **{**settings.__dict__, "max_batch": 1, "max_queue": 2, "inline_ms": 0.0}
+    )  # engine on its thread: the loop stays free
     clf = Classifier(settings, [loaded])
     app = build_app(lambda: clf)
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+
             def post():
                 return client.post("/classify", content=GOOD, headers={"Content-Type": "image/png"})
-            first = asyncio.create_task(post())       # taken by the runner, blocked in the engine
+
+            first = asyncio.create_task(post())  # taken by the runner, blocked in the engine
             await asyncio.sleep(0.2)
             queued = [asyncio.create_task(post()) for _ in range(2)]  # fill the queue (2 images)
             await asyncio.sleep(0.2)

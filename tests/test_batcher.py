@@ -73,7 +73,7 @@ def test_max_batch_is_respected_and_rows_routed():
     b.close()
     assert engine.batches == [1, 4, 4]  # (2+2), then (3+1): a request's images are never split
     assert all(max(engine.batches) <= 4 for _ in engine.batches)
-    for r, (n, v) in zip(results[1:], ((2, 1), (2, 2), (3, 3), (1, 4))):
+    for r, (n, v) in zip(results[1:], ((2, 1), (2, 2), (3, 3), (1, 4)), strict=True):
         assert r.logits.shape == (n, 1) and np.all(r.logits == 4 * v)
 
 

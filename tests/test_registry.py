@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _serving import BONN_NAME, FP_NAME, REPO, export_random_models
+
 from bonn_serve import registry
 
 
@@ -70,9 +70,9 @@ def test_registration_is_idempotent(store, workdir):
 
 def test_changed_card_makes_a_new_version(store, workdir):
     bonn = workdir / f"{BONN_NAME}.bonn"
-    (first, _), = registry.register(bonn)
+    ((first, _),) = registry.register(bonn)
     (workdir / f"{BONN_NAME}.card.json").write_text(json.dumps({"accuracy": {"cifar10_test": 0.861}}))
-    (second, created), = registry.register(bonn)
+    ((second, created),) = registry.register(bonn)
     assert created and second.version != first.version
     assert second.accuracy == pytest.approx(0.861)
     assert registry.get(BONN_NAME).version == second.version  # latest
@@ -80,8 +80,11 @@ def test_changed_card_makes_a_new_version(store, workdir):
 
 
 def test_card_fields_and_fp_baseline_from_card(store, workdir):
-    (workdir / f"{BONN_NAME}.card.json").write_text(json.dumps({
-        "name": "bonn-small", "dataset": "cifar10", "accuracy": 86.1, "fp_baseline": f"{FP_NAME}.onnx"}))
+    (workdir / f"{BONN_NAME}.card.json").write_text(
+        json.dumps(
+            {"name": "bonn-small", "dataset": "cifar10", "accuracy": 86.1, "fp_baseline": f"{FP_NAME}.onnx"}
+        )
+    )
     (workdir / f"{FP_NAME}.card.json").write_text(json.dumps({"name": "fp-small", "accuracy": 0.93}))
     results = registry.register(workdir / f"{BONN_NAME}.bonn")
     by_name = {e.name: e for e, _ in results}
@@ -101,7 +104,9 @@ def test_register_dir_pairs_fp_by_arch(store, workdir):
 def test_tampered_file_is_refused_at_load(store, workdir):
     from bonn_serve.backends import load_model
 
-    (entry, _), (fp_entry, _) = registry.register(workdir / f"{BONN_NAME}.bonn", fp=workdir / f"{FP_NAME}.onnx")
+    (entry, _), (fp_entry, _) = registry.register(
+        workdir / f"{BONN_NAME}.bonn", fp=workdir / f"{FP_NAME}.onnx"
+    )
     assert load_model(entry, threads=1).classes == entry.metadata["classes"]
     data = bytearray(fp_entry.path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -153,8 +158,10 @@ def test_onnx_weight_bytes_matches_onnx_package(model_files):
     import numpy as np
 
     m = onnx.load(str(model_files[1]))
-    expected = sum(int(np.prod(t.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-                   for t in m.graph.initializer)
+    expected = sum(
+        int(np.prod(t.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        for t in m.graph.initializer
+    )
     assert registry.onnx_weight_bytes(model_files[1]) == expected
 
 
@@ -170,13 +177,21 @@ def test_card_accuracy_forms():
 # ------------------------------------------------------------------------------------------------ CLI
 def cli(*args: str, home: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    return subprocess.run([sys.executable, "-m", "bonn_serve", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "bonn_serve", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_register_and_models(tmp_path, workdir):
     home = tmp_path / "clihome"
-    out = cli("register", str(workdir / f"{BONN_NAME}.bonn"), "--fp", str(workdir / f"{FP_NAME}.onnx"), home=home)
+    out = cli(
+        "register", str(workdir / f"{BONN_NAME}.bonn"), "--fp", str(workdir / f"{FP_NAME}.onnx"), home=home
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("registered:") == 2
     listing = cli("models", home=home)
@@ -193,3 +208,16 @@ def test_cli_serve_without_models_explains(tmp_path):
     out = cli("serve", "--models-dir", str(empty), "--port", "1", home=tmp_path / "h")
     assert out.returncode == 2
     assert "no model to serve" in out.stderr and "bonn-serve export" in out.stderr
+
+
+def test_cli_serve_refuses_tampered_store_and_bad_settings(tmp_path, workdir):
+    home = tmp_path / "h"
+    assert cli("register", str(workdir), home=home).returncode == 0
+    env_bad = cli("serve", "--models-dir", str(workdir), "--port", "1", "--threads", "0", home=home)
+    assert env_bad.returncode == 2 and "BONN_THREADS=0 is out of range" in env_bad.stderr
+    stored = next((home / "models" / BONN_NAME).glob("*/model.bonn"))
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    out = cli("serve", "--no-register", "--port", "1", home=home)
+    assert out.returncode == 1 and "does not match its registered sha256" in out.stderr

@@ -34,33 +34,6 @@ def live_server(tmp_path_factory):
         assert lt.http_get(srv.url + "/livez")[0] == 200, "the server died under schemathesis"
 
 
-# The documented HTTP contract of the routes served by our Starlette app (docs/serving.md), used to fuzz them
-# when the service's /docs.json does not describe them yet (it only lists BentoML's built-in routes when
-# the API is a mounted ASGI app). Routes the live document does describe win.
-CONTRACT_PATHS = {
-    "/classify": {"post": {
-        "parameters": [
-            {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
-            {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer"}},
-        ],
-        "requestBody": {"required": True, "content": {
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["image"],
-                "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                               "model": {"type": "string"}, "top_k": {"type": "integer"}}}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        }},
-        "responses": {"200": {"description": "predictions"}, "4XX": {"description": "client error"},
-                      "503": {"description": "overloaded"}},
-    }},
-    "/models": {"get": {"responses": {"200": {"description": "served models"}}}},
-    "/compare": {"get": {
-        "parameters": [{"name": "format", "in": "query", "required": False,
-                        "schema": {"type": "string", "enum": ["json", "html"]}}],
-        "responses": {"200": {"description": "BONN vs FP report"}}}},
-}
-
-
 @pytest.fixture(scope="module")
 def live_document(live_server) -> dict:
     import httpx
@@ -70,9 +43,7 @@ def live_document(live_server) -> dict:
 
 @pytest.fixture(scope="module")
 def api_schema(live_server, live_document):
-    raw = dict(live_document)
-    raw["paths"] = {**CONTRACT_PATHS, **raw.get("paths", {})}
-    schema = schemathesis.openapi.from_dict(raw)
+    schema = schemathesis.openapi.from_dict(live_document)
     schema.config.update(base_url=live_server.url)
     return schema
 

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-
 from _serving import BONN_NAME, FP_NAME, Server, cifar_images, encode, export_random_models, synthetic_images
 
 
@@ -47,7 +46,9 @@ def fp_session(models):
 
 
 def post_images(server: Server, blobs: list[tuple[str, bytes]], **fields) -> requests.Response:
-    files = [("image", (f"img{i}.{fmt.lower()}", b, f"image/{fmt.lower()}")) for i, (fmt, b) in enumerate(blobs)]
+    files = [
+        ("image", (f"img{i}.{fmt.lower()}", b, f"image/{fmt.lower()}")) for i, (fmt, b) in enumerate(blobs)
+    ]
     return requests.post(server.url + "/classify", files=files, data=fields, timeout=60)
 
 
@@ -90,10 +91,10 @@ def test_cifar_images_match_engine(server, engine, fmt):
         pytest.skip("cifar10_mini.npz not available")
     blobs = [encode(im, fmt) for im in images]
     for i in range(0, len(blobs), 8):  # 8 images per request
-        r = post_images(server, [(fmt, b) for b in blobs[i:i + 8]], top_k="10")
+        r = post_images(server, [(fmt, b) for b in blobs[i : i + 8]], top_k="10")
         assert r.status_code == 200, r.text
-        check_schema(r.json(), len(blobs[i:i + 8]), 10, BONN_NAME, "bonn-xnor")
-        assert_same_predictions(r.json()["predictions"], engine.classify(blobs[i:i + 8], top_k=10))
+        check_schema(r.json(), len(blobs[i : i + 8]), 10, BONN_NAME, "bonn-xnor")
+        assert_same_predictions(r.json()["predictions"], engine.classify(blobs[i : i + 8], top_k=10))
 
 
 def test_raw_body_and_fp_baseline_match_onnxruntime(server, fp_session):
@@ -101,8 +102,13 @@ def test_raw_body_and_fp_baseline_match_onnxruntime(server, fp_session):
 
     img = synthetic_images(1, seed=5)[0]
     blob = encode(img, "PNG")
-    r = requests.post(server.url + "/classify", data=blob, headers={"Content-Type": "image/png"},
-                      params={"model": FP_NAME, "top_k": "10"}, timeout=60)
+    r = requests.post(
+        server.url + "/classify",
+        data=blob,
+        headers={"Content-Type": "image/png"},
+        params={"model": FP_NAME, "top_k": "10"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     check_schema(body, 1, 10, FP_NAME, "onnxruntime-fp32")
@@ -135,7 +141,7 @@ def test_concurrent_requests_are_batched_correctly(server, engine):
 
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(one, range(16)))
-    for r, w in zip(responses, want):
+    for r, w in zip(responses, want, strict=True):
         assert r.status_code == 200, r.text
         assert r.json()["predictions"][0][0]["label"] == w[0][0]
         assert 1 <= r.json()["batch_size"] <= 32
@@ -155,13 +161,20 @@ def test_metrics_have_named_series(server):
     blob = encode(synthetic_images(1)[0], "PNG")
     for model in (BONN_NAME, FP_NAME):
         assert post_images(server, [("PNG", blob)], model=model).status_code == 200
-    requests.post(server.url + "/classify", data=b"not an image", headers={"Content-Type": "image/png"}, timeout=10)
+    requests.post(
+        server.url + "/classify", data=b"not an image", headers={"Content-Type": "image/png"}, timeout=10
+    )
     text = requests.get(server.url + "/metrics", timeout=10).text
-    for series in (f'bonn_inference_seconds_bucket{{backend="bonn-xnor",le="0.001",model="{BONN_NAME}"}}',
-                   f'bonn_request_seconds_count{{backend="onnxruntime-fp32",model="{FP_NAME}"}}',
-                   "bonn_batch_size_bucket", f'bonn_images_classified_total{{backend="bonn-xnor",model="{BONN_NAME}"}}',
-                   'bonn_errors_total{reason="not_an_image"}', "bonn_model_weight_bytes",
-                   "bonn_process_resident_bytes", "bentoml_service_request_total"):
+    for series in (
+        f'bonn_inference_seconds_bucket{{backend="bonn-xnor",le="0.001",model="{BONN_NAME}"}}',
+        f'bonn_request_seconds_count{{backend="onnxruntime-fp32",model="{FP_NAME}"}}',
+        "bonn_batch_size_bucket",
+        f'bonn_images_classified_total{{backend="bonn-xnor",model="{BONN_NAME}"}}',
+        'bonn_errors_total{reason="not_an_image"}',
+        "bonn_model_weight_bytes",
+        "bonn_process_resident_bytes",
+        "bentoml_service_request_total",
+    ):
         assert series in text, series
 
 
@@ -179,7 +192,9 @@ def test_compare_shows_both_backends(server):
     page = requests.get(server.url + "/compare", headers={"Accept": "text/html"}, timeout=10)
     assert page.headers["content-type"].startswith("text/html")
     assert "<svg" in page.text and BONN_NAME in page.text and FP_NAME in page.text
-    assert "<script" not in page.text and "http" not in page.text.split("<body>")[1]  # no CDN / external assets
+    assert (
+        "<script" not in page.text and "http" not in page.text.split("<body>")[1]
+    )  # no CDN / external assets
     assert requests.get(server.url + "/compare?format=html", timeout=10).text.startswith("<!doctype html>")
 
 
@@ -195,7 +210,21 @@ def test_serve_registration_is_idempotent(server, models, tmp_path):
     import sys
 
     env = dict(server.env)
-    out = subprocess.run([sys.executable, "-m", "bonn_serve", "register", str(models[0])], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "bonn_serve", "register", str(models[0])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("already registered") == 2
+
+
+def test_openapi_document_describes_our_routes(server):
+    spec = requests.get(server.url + "/docs.json", timeout=10).json()
+    assert "/classify" in spec["paths"] and "/models" in spec["paths"] and "/compare" in spec["paths"]
+    assert "/healthz" in spec["paths"]  # BentoML's own entries are kept
+    body = spec["paths"]["/classify"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["required"] == ["image"]
+    assert spec["openapi"].startswith("3.")

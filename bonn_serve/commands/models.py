@@ -26,10 +26,18 @@ def run(args: argparse.Namespace) -> int:
     for e in entries:
         s = e.summary()
         acc = "-" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f}%"
-        rows.append((e.tag, e.backend, s["arch"] or "-", acc, f"{s['weight_bytes']:,}",
-                     s["baseline"] or (f"(baseline of {s['baseline_of']})" if s["baseline_of"] else "-")))
+        rows.append(
+            (
+                e.tag,
+                e.backend,
+                s["arch"] or "-",
+                acc,
+                f"{s['weight_bytes']:,}",
+                s["baseline"] or (f"(baseline of {s['baseline_of']})" if s["baseline_of"] else "-"),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     print(f"store: {home}")
     return 0

@@ -8,11 +8,19 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", type=Path, help="a .bonn file (card: X.card.json next to it), or a directory of them")
-    p.add_argument("--fp", type=Path, default=None,
-                   help="FP ONNX baseline (default: the card's fp_baseline, or fp-<arch>.onnx for a directory)")
+    p.add_argument(
+        "path", type=Path, help="a .bonn file (card: X.card.json next to it), or a directory of them"
+    )
+    p.add_argument(
+        "--fp",
+        type=Path,
+        default=None,
+        help="FP ONNX baseline (default: the card's fp_baseline, or fp-<arch>.onnx for a directory)",
+    )
     p.add_argument("--name", default=None, help="registry name (default: card name, header name, file stem)")
-    p.add_argument("--fp-name", default=None, help="registry name of the baseline (default: card or file stem)")
+    p.add_argument(
+        "--fp-name", default=None, help="registry name of the baseline (default: card or file stem)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.path.is_dir():
             if args.fp or args.name or args.fp_name:
-                raise registry.RegistryError("--fp/--name/--fp-name apply to a single .bonn file, not a directory")
+                raise registry.RegistryError(
+                    "--fp/--name/--fp-name apply to a single .bonn file, not a directory"
+                )
             results = registry.register_dir(args.path)
             if not results:
                 raise registry.RegistryError(f"{args.path}: no .bonn models in this directory")
@@ -34,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for entry, created in results:
         state = "registered" if created else "already registered"
-        print(f"{state}: {entry.tag} ({entry.backend}, {entry.metadata.get('weight_bytes')} weight bytes, "
-              f"sha256 {entry.metadata.get('sha256', '')[:12]}) in {home}")
+        print(
+            f"{state}: {entry.tag} ({entry.backend}, {entry.metadata.get('weight_bytes')} weight bytes, "
+            f"sha256 {entry.metadata.get('sha256', '')[:12]}) in {home}"
+        )
     return 0

@@ -103,6 +103,17 @@ BinaryConv2d::BinaryConv2d(const uint64_t* weight_bits, int Co, int K, int Ci, i
     throw std::invalid_argument("BinaryConv2d: need Co, K, Ci, stride > 0 and pad >= 0 (got Co=" +
                                 std::to_string(Co) + " K=" + std::to_string(K) + " Ci=" + std::to_string(Ci) +
                                 " stride=" + std::to_string(stride) + " pad=" + std::to_string(pad) + ")");
+  if (static_cast<int64_t>(K) * K * Ci > (int64_t{1} << 30))
+    throw std::invalid_argument("BinaryConv2d: K*K*Ci too large (" + std::to_string(int64_t(K) * K * Ci) + ")");
+  // The layout requires zero tail bits; the kernels rely on it (narrow-input mode shares words between taps).
+  if (Ci % 64 != 0) {
+    const int Cw = words_for(Ci);
+    const uint64_t tail = ~((uint64_t{1} << (Ci % 64)) - 1);
+    for (int64_t r = 0; r < int64_t(Co) * K * K; ++r)
+      if (weight_bits[r * Cw + Cw - 1] & tail)
+        throw std::invalid_argument("BinaryConv2d: weight bits beyond in_channels (" + std::to_string(Ci) +
+                                    ") must be zero");
+  }
   if (!path_supported(path))
     throw std::runtime_error(std::string("BinaryConv2d: popcount path '") + path_name(path) +
                              "' is not supported on this CPU");
@@ -148,7 +159,15 @@ void pack_bn_sign(const float* x, int64_t npix, int C, const float* scale, const
   PackRowsFn fn = pack_rows_for(select_path());
   // ~32K floats per chunk: below that the dispatch costs more than it saves.
   const int64_t grain = std::max<int64_t>(1, 32768 / C);
-  pool.parallel_for(npix, [&](int64_t b, int64_t e) { fn(x, b, e, C, scale, shift, out); }, grain);
+  struct Args {
+    PackRowsFn fn;
+    const float *x, *scale, *shift;
+    int C;
+    uint64_t* out;
+  } a{fn, x, scale, shift, C, out};
+  const Args* ap = &a;  // one captured pointer: std::function stores it inline, no allocation per call
+  pool.parallel_for(npix, [ap](int64_t b, int64_t e) { ap->fn(ap->x, b, e, ap->C, ap->scale, ap->shift, ap->out); },
+                    grain);
 }
 
 void binary_conv2d_reference(const uint64_t* in, const uint64_t* weight_bits, const ConvShape& s,

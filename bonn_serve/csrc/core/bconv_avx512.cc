@@ -18,9 +18,21 @@ struct Avx512MK {
   static constexpr int OB = 8 * V;
 
   static void tile(const uint64_t* const* ptrs, int KK, int Cw, const uint64_t* w, int32_t* pc, int ldd) {
+    if (KK <= 0 || Cw <= 0) __builtin_unreachable();  // lets the accumulators stay in registers to the end
     __m512i acc[P][V];
     for (int p = 0; p < P; ++p)
       for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_si512();
+    if (Cw == 1) {  // one word per tap (64-channel layers, narrow mode): a flat loop over the taps
+      for (int t = 0; t < KK; ++t, w += OB) {
+        __m512i wv[V];
+        for (int v = 0; v < V; ++v) wv[v] = _mm512_load_si512(w + 8 * v);
+        for (int p = 0; p < P; ++p) {
+          const __m512i x = _mm512_set1_epi64(static_cast<long long>(*ptrs[p * KK + t]));
+          for (int v = 0; v < V; ++v)
+            acc[p][v] = _mm512_add_epi64(acc[p][v], _mm512_popcnt_epi64(_mm512_xor_si512(x, wv[v])));
+        }
+      }
+    } else {
     for (int t = 0; t < KK; ++t) {
       const uint64_t* xp[P];
       for (int p = 0; p < P; ++p) xp[p] = ptrs[p * KK + t];
@@ -33,6 +45,7 @@ struct Avx512MK {
             acc[p][v] = _mm512_add_epi64(acc[p][v], _mm512_popcnt_epi64(_mm512_xor_si512(x, wv[v])));
         }
       }
+    }
     }
     for (int p = 0; p < P; ++p)
       for (int v = 0; v < V; ++v)

@@ -87,73 +87,106 @@ class TiledConv final : public ConvKernel {
   }
 
   void run(const uint64_t* in, const ConvShape& s, const OutputTransform& ot, ThreadPool& pool) const override {
-    const int OH = s.OH(), OW = s.OW(), KK = K_ * K_;
-    const int64_t npix = static_cast<int64_t>(s.N) * OH * OW;
-    const int64_t ntiles = (npix + P - 1) / P;
-    const int ldd = nob_ * OB;
-    const int kkc = KK * Ci_;
+    RunCtx c{in, &s, &ot, s.OH(), s.OW(), K_ * K_, nob_ * OB, K_ * K_ * Ci_, 0, 0, 0, nullptr};
+    c.npix = static_cast<int64_t>(s.N) * c.OH * c.OW;
+    c.mk_taps = lane_bits_ ? 1 : c.KK;  // micro-kernel view: mk_taps pointers per pixel, mk_words words behind each
+    c.mk_words = lane_bits_ ? steps_ : Cw_;
     // Word offsets of the taps from the window's top-left input pixel, for windows entirely inside the image.
-    std::vector<int64_t> tap_off(static_cast<size_t>(KK));
+    // Scratch is thread_local and only grows, so steady-state calls do not allocate.
+    static thread_local std::vector<int64_t> tap_off;
+    tap_off.resize(static_cast<size_t>(c.KK));
     for (int ky = 0; ky < K_; ++ky)
       for (int kx = 0; kx < K_; ++kx) tap_off[ky * K_ + kx] = (static_cast<int64_t>(ky) * s.W + kx) * Cw_;
+    c.tap_off = tap_off.data();
+    const int64_t ntiles = (c.npix + P - 1) / P;
     // Don't split below ~4 M bit-ops (a few microseconds) per block: smaller pieces cost more to hand over
     // than they save.
-    const int64_t tile_ops = static_cast<int64_t>(P) * ldd * steps_ * 64;
+    const int64_t tile_ops = static_cast<int64_t>(P) * c.ldd * steps_ * 64;
     const int64_t grain = std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(tile_ops, 1));
-    // Micro-kernel view: `mk_taps` pointers per pixel, `mk_words` words behind each.
-    const int mk_taps = lane_bits_ ? 1 : KK, mk_words = lane_bits_ ? steps_ : Cw_;
-    pool.parallel_for(ntiles, [&](int64_t t0, int64_t t1) {
-      std::vector<const uint64_t*> ptrs(static_cast<size_t>(P) * KK);
-      std::vector<const uint64_t*> mk_ptrs(static_cast<size_t>(P));
-      std::vector<uint64_t> lanes(lane_bits_ ? static_cast<size_t>(P) * steps_ : 0);
-      std::vector<int32_t> pc(static_cast<size_t>(P) * ldd + 16);
-      // Walk output pixels in order, keeping (n, oy, ox) incrementally instead of dividing per pixel.
-      int64_t q = t0 * P;
-      int64_t n = q / (static_cast<int64_t>(OH) * OW);
-      int rem = static_cast<int>(q - n * OH * OW), oy = rem / OW, ox = rem % OW;
-      for (int64_t tile = t0; tile < t1; ++tile) {
-        const int64_t q0 = tile * P;
-        for (int p = 0; p < P; ++p) {
-          const uint64_t** taps = &ptrs[static_cast<size_t>(p) * KK];
-          if (q0 + p >= npix) {
-            for (int t = 0; t < KK; ++t) taps[t] = zeros_.p;
-          } else {
-            const int iy0 = oy * stride_ - pad_, ix0 = ox * stride_ - pad_;
-            if (iy0 >= 0 && ix0 >= 0 && iy0 + K_ <= s.H && ix0 + K_ <= s.W) {
-              const uint64_t* base = in + ((n * s.H + iy0) * s.W + ix0) * Cw_;
-              for (int t = 0; t < KK; ++t) taps[t] = base + tap_off[t];
-            } else {
-              fill_border_taps(in, s, n, iy0, ix0, taps);
-            }
-            if (++ox == OW) {
-              ox = 0;
-              if (++oy == OH) {
-                oy = 0;
-                ++n;
-              }
-            }
-          }
-          if (lane_bits_) {  // gather the taps' words into lanes, as the weights were repacked
-            uint64_t* dst = &lanes[static_cast<size_t>(p) * steps_];
-            for (int j = 0, t = 0; j < steps_; ++j) {
-              uint64_t word = 0;
-              for (int l = 0; l < taps_per_word_ && t < KK; ++l, ++t) word |= *taps[t] << (lane_bits_ * l);
-              dst[j] = word;
-            }
-            mk_ptrs[p] = dst;
-          }
-        }
-        const uint64_t* const* tile_ptrs = lane_bits_ ? mk_ptrs.data() : ptrs.data();
-        for (int ob = 0; ob < nob_; ++ob)
-          MK::tile(tile_ptrs, mk_taps, mk_words, weights_.p + static_cast<size_t>(ob) * steps_ * OB,
-                   pc.data() + ob * OB, ldd);
-        const int valid = static_cast<int>(npix - q0 < P ? npix - q0 : P);
-        for (int p = 0; p < valid; ++p) MK::epilogue(pc.data() + static_cast<size_t>(p) * ldd, Co_, kkc, ot, q0 + p);
-      }
-    }, grain);
+    // Capture one pointer only, so std::function stores the callable inline (no allocation).
+    const RunCtx* cp = &c;
+    pool.parallel_for(ntiles, [this, cp](int64_t t0, int64_t t1) { run_tiles(*cp, t0, t1); }, grain);
   }
 
  private:
+  struct RunCtx {
+    const uint64_t* in;
+    const ConvShape* s;
+    const OutputTransform* ot;
+    int OH, OW, KK, ldd, kkc, mk_taps, mk_words;
+    int64_t npix;
+    const int64_t* tap_off;
+  };
+
+  // Tiles [t0, t1): indirection, micro-kernel per channel block, epilogue per pixel.
+  void run_tiles(const RunCtx& c, int64_t t0, int64_t t1) const {
+    static thread_local std::vector<const uint64_t*> ptrs, mk_ptrs;
+    static thread_local std::vector<uint64_t> lanes;
+    static thread_local std::vector<int32_t> pc;
+    ptrs.resize(static_cast<size_t>(P) * c.KK);
+    mk_ptrs.resize(static_cast<size_t>(P));
+    lanes.resize(lane_bits_ ? static_cast<size_t>(P) * steps_ : 0);
+    pc.resize(static_cast<size_t>(P) * c.ldd);
+    const int KK = c.KK;
+    // Walk output pixels in order, keeping (n, oy, ox) incrementally instead of dividing per pixel.
+    const int64_t q = t0 * P;
+    int64_t n = q / (static_cast<int64_t>(c.OH) * c.OW);
+    const int rem = static_cast<int>(q - n * c.OH * c.OW);
+    int oy = rem / c.OW, ox = rem % c.OW;
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int64_t q0 = tile * P;
+      for (int p = 0; p < P; ++p) {
+        const uint64_t** taps = &ptrs[static_cast<size_t>(p) * KK];
+        if (q0 + p < c.npix) {
+          pixel_taps(c.in, *c.s, c.tap_off, n, oy, ox, taps);
+          if (++ox == c.OW) {
+            ox = 0;
+            if (++oy == c.OH) {
+              oy = 0;
+              ++n;
+            }
+          }
+        } else {
+          for (int t = 0; t < KK; ++t) taps[t] = zeros_.p;  // tile overhang: computed, never stored
+        }
+        if (lane_bits_) {
+          mk_ptrs[p] = &lanes[static_cast<size_t>(p) * steps_];
+          gather_lanes(taps, &lanes[static_cast<size_t>(p) * steps_]);
+        }
+      }
+      const uint64_t* const* tile_ptrs = lane_bits_ ? mk_ptrs.data() : ptrs.data();
+      for (int ob = 0; ob < nob_; ++ob)
+        MK::tile(tile_ptrs, c.mk_taps, c.mk_words, weights_.p + static_cast<size_t>(ob) * steps_ * OB,
+                 pc.data() + ob * OB, c.ldd);
+      const int valid = static_cast<int>(c.npix - q0 < P ? c.npix - q0 : P);
+      for (int p = 0; p < valid; ++p)
+        MK::epilogue(pc.data() + static_cast<size_t>(p) * c.ldd, Co_, c.kkc, *c.ot, q0 + p);
+    }
+  }
+
+  // Pointers to the K*K taps of output pixel (n, oy, ox): precomputed offsets for windows inside the image,
+  // bounds checks (and the zero row for padded taps) only at the border.
+  void pixel_taps(const uint64_t* in, const ConvShape& s, const int64_t* tap_off, int64_t n, int oy, int ox,
+                  const uint64_t** taps) const {
+    const int iy0 = oy * stride_ - pad_, ix0 = ox * stride_ - pad_;
+    if (iy0 >= 0 && ix0 >= 0 && iy0 + K_ <= s.H && ix0 + K_ <= s.W) {
+      const uint64_t* base = in + ((n * s.H + iy0) * s.W + ix0) * Cw_;
+      for (int t = 0; t < K_ * K_; ++t) taps[t] = base + tap_off[t];
+    } else {
+      fill_border_taps(in, s, n, iy0, ix0, taps);
+    }
+  }
+
+  // Narrow mode: packs the taps' single words into lanes, the layout the weights were repacked to.
+  void gather_lanes(const uint64_t* const* taps, uint64_t* dst) const {
+    const int KK = K_ * K_;
+    for (int j = 0, t = 0; j < steps_; ++j) {
+      uint64_t word = 0;
+      for (int l = 0; l < taps_per_word_ && t < KK; ++l, ++t) word |= *taps[t] << (lane_bits_ * l);
+      dst[j] = word;
+    }
+  }
+
   // Indirection for a window that touches the border: padded taps point at the zero row (one-padding).
   void fill_border_taps(const uint64_t* in, const ConvShape& s, int64_t n, int iy0, int ix0,
                         const uint64_t** taps) const {

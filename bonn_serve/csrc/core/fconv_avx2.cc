@@ -1,4 +1,4 @@
-// AVX2+FMA dense-conv row kernel: 16 output channels in two ymm, 6 output pixels per block -> 12
+// AVX2+FMA dense-conv kernel: 16 output channels in two ymm, 6 output pixels per block -> 12
 // accumulators (16 ymm registers in all). Same data layout as the AVX-512 kernel.
 #include <immintrin.h>
 
@@ -15,23 +15,24 @@ inline __m256i tail_mask(int valid) {
 }
 
 template <int P, int V>
-void block(const FConvTask& t, int ow0, int cb) {
+void block(const FConvTask& t, int q0, int cb) {
   const int KC = t.K * t.Ci;
-  const size_t row_stride = size_t(t.Wp) * t.Ci, pix_stride = size_t(t.stride) * t.Ci;
+  const size_t row_stride = size_t(t.Wp) * t.Ci;
   __m256 acc[P][V];
   for (int v = 0; v < V; ++v) {
     const __m256 b = _mm256_loadu_ps(t.bias + cb + 8 * v);
     for (int p = 0; p < P; ++p) acc[p][v] = b;
   }
-  const float* base = t.in + size_t(t.oh) * t.stride * row_stride + size_t(ow0) * pix_stride;
+  const float* base[P];
+  for (int p = 0; p < P; ++p) base[p] = t.origin(q0 + p);
   for (int ky = 0; ky < t.K; ++ky) {
-    const float* x = base + ky * row_stride;
+    const size_t x = ky * row_stride;
     const float* w = t.w_hwio + size_t(ky) * KC * t.CoP + cb;
     for (int j = 0; j < KC; ++j, w += t.CoP) {
       __m256 wv[V];
       for (int v = 0; v < V; ++v) wv[v] = _mm256_loadu_ps(w + 8 * v);
       for (int p = 0; p < P; ++p) {
-        const __m256 xb = _mm256_broadcast_ss(x + p * pix_stride + j);
+        const __m256 xb = _mm256_broadcast_ss(base[p] + x + j);
         for (int v = 0; v < V; ++v) acc[p][v] = _mm256_fmadd_ps(xb, wv[v], acc[p][v]);
       }
     }
@@ -41,7 +42,7 @@ void block(const FConvTask& t, int ow0, int cb) {
     const int valid = std::min(8, t.co1 - (cb + 8 * v));
     for (int p = 0; p < P; ++p) {
       const __m256 y = t.relu ? _mm256_max_ps(acc[p][v], zero) : acc[p][v];
-      float* dst = t.out_row + size_t(ow0 + p) * t.Co + cb + 8 * v;
+      float* dst = t.out + size_t(q0 + p) * t.Co + cb + 8 * v;
       if (valid == 8) _mm256_storeu_ps(dst, y);
       else _mm256_maskstore_ps(dst, tail_mask(valid), y);
     }
@@ -49,25 +50,25 @@ void block(const FConvTask& t, int ow0, int cb) {
 }
 
 template <int P>
-void block_v(const FConvTask& t, int ow0, int cb, int V) {
-  if (V == 1) block<P, 1>(t, ow0, cb);
-  else block<P, 2>(t, ow0, cb);
+void block_v(const FConvTask& t, int q0, int cb, int V) {
+  if (V == 1) block<P, 1>(t, q0, cb);
+  else block<P, 2>(t, q0, cb);
 }
 
 }  // namespace
 
-void fconv_row_avx2(const FConvTask& t) {
+void fconv_avx2(const FConvTask& t) {
   constexpr int P = 6;
   for (int cb = t.co0; cb < t.co1; cb += 16) {
     const int V = (std::min(16, t.co1 - cb) + 7) / 8;
-    int ow = 0;
-    for (; ow + P <= t.OW; ow += P) block_v<P>(t, ow, cb, V);
-    switch (t.OW - ow) {
-      case 1: block_v<1>(t, ow, cb, V); break;
-      case 2: block_v<2>(t, ow, cb, V); break;
-      case 3: block_v<3>(t, ow, cb, V); break;
-      case 4: block_v<4>(t, ow, cb, V); break;
-      case 5: block_v<5>(t, ow, cb, V); break;
+    int q = t.q0;
+    for (; q + P <= t.q1; q += P) block_v<P>(t, q, cb, V);
+    switch (t.q1 - q) {
+      case 1: block_v<1>(t, q, cb, V); break;
+      case 2: block_v<2>(t, q, cb, V); break;
+      case 3: block_v<3>(t, q, cb, V); break;
+      case 4: block_v<4>(t, q, cb, V); break;
+      case 5: block_v<5>(t, q, cb, V); break;
       default: break;
     }
   }

@@ -1,15 +1,15 @@
-// Scalar dense-conv row kernel (any CPU; also what aarch64 runs). Reads the original OHWI weights so that,
+// Scalar dense-conv kernel (any CPU; also what aarch64 runs). Reads the original OHWI weights so that,
 // per output pixel and channel, the window is one contiguous K*Ci run per kernel row.
 #include "fops.h"
 
 namespace bonn {
 
-void fconv_row_scalar(const FConvTask& t, const float* w_ohwi, const float* bias) {
+void fconv_scalar(const FConvTask& t, const float* w_ohwi, const float* bias) {
   const int KC = t.K * t.Ci;  // one kernel row: K taps x Ci channels, contiguous in the padded input row
   const size_t row_stride = size_t(t.Wp) * t.Ci;
-  for (int ow = 0; ow < t.OW; ++ow) {
-    const float* base = t.in + size_t(t.oh) * t.stride * row_stride + size_t(ow) * t.stride * t.Ci;
-    float* y = t.out_row + size_t(ow) * t.Co;
+  for (int q = t.q0; q < t.q1; ++q) {
+    const float* base = t.origin(q);
+    float* y = t.out + size_t(q) * t.Co;
     for (int o = t.co0; o < t.co1; ++o) {
       const float* w = w_ohwi + size_t(o) * t.K * KC;
       float acc = bias[o];

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -15,6 +16,7 @@ namespace bonn {
 namespace {
 constexpr int kVec = 16;       // output channels per packed weight block (one zmm, two ymm)
 constexpr int kCoChunk = 64;   // output channels per parallel task
+constexpr int kPixGroup = 48;  // output pixels per parallel task (8 blocks of 6)
 
 bool cpu_has(FloatIsa isa) {
   switch (isa) {
@@ -83,29 +85,35 @@ void FloatConv2d::run_padded(const float* in, int N, int Hp, int Wp, float* out,
   const int OH = (Hp - K_) / stride_ + 1, OW = (Wp - K_) / stride_ + 1;
   if (Hp < K_ || Wp < K_) throw std::invalid_argument("FloatConv2d: input smaller than the kernel");
   const int chunks = (Co_ + kCoChunk - 1) / kCoChunk;
-  const int64_t tasks = int64_t(N) * OH * chunks;
-  const size_t img_in = size_t(Hp) * Wp * Ci_, img_out = size_t(OH) * OW * Co_;
-  pool.parallel_for(tasks, [&](int64_t b, int64_t e) {
+  // Tasks are whole output rows on wide maps; on narrow ones (7x7, 8x8) they span rows so blocks stay full.
+  const int group = OW >= kPixGroup / 2 ? OW : kPixGroup;
+  const int npix = OH * OW, groups = (npix + group - 1) / group;
+  const int64_t tasks = int64_t(N) * groups * chunks;
+  const size_t img_in = size_t(Hp) * Wp * Ci_, img_out = size_t(npix) * Co_;
+  auto body = [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int chunk = int(i % chunks);
-      const int64_t row = i / chunks;
-      const int n = int(row / OH), oh = int(row % OH);
+      const int64_t rest = i / chunks;
+      const int n = int(rest / groups), g = int(rest % groups);
       FConvTask t;
       t.in = in + n * img_in;
       t.Wp = Wp; t.Ci = Ci_; t.K = K_; t.stride = stride_;
       t.w_hwio = w_hwio_.data(); t.CoP = CoP_; t.bias = bias_.data(); t.relu = relu_;
-      t.out_row = out + n * img_out + size_t(oh) * OW * Co_;
-      t.OW = OW; t.Co = Co_; t.oh = oh;
+      t.out = out + n * img_out;
+      t.OW = OW; t.Co = Co_;
+      t.q0 = g * group; t.q1 = std::min(npix, t.q0 + group);
       t.co0 = chunk * kCoChunk; t.co1 = std::min(Co_, t.co0 + kCoChunk);
       switch (isa_) {
 #if defined(__x86_64__) || defined(_M_X64)
-        case FloatIsa::kAVX512: fconv_row_avx512(t); break;
-        case FloatIsa::kAVX2: fconv_row_avx2(t); break;
+        case FloatIsa::kAVX512: fconv_avx512(t); break;
+        case FloatIsa::kAVX2: fconv_avx2(t); break;
 #endif
-        default: fconv_row_scalar(t, w_ohwi_.data(), bias_.data()); break;
+        default: fconv_scalar(t, w_ohwi_.data(), bias_.data()); break;
       }
     }
-  });
+  };
+  // std::cref: std::function keeps a reference_wrapper inline, so dispatch allocates nothing.
+  pool.parallel_for(tasks, std::cref(body));
 }
 
 void conv2d_reference(const float* in, int N, int H, int W, int Ci, const float* w, const float* bias, int Co,
@@ -133,7 +141,7 @@ void conv2d_reference(const float* in, int N, int H, int W, int Ci, const float*
 void pad_nhwc(const float* in, int N, int H, int W, int C, int p, float* out, ThreadPool& pool) {
   const int Hp = H + 2 * p, Wp = W + 2 * p;
   const size_t row_in = size_t(W) * C, row_out = size_t(Wp) * C, border = size_t(p) * C;
-  pool.parallel_for(int64_t(N) * Hp, [&](int64_t b, int64_t e) {
+  auto body = [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int n = int(r / Hp), y = int(r % Hp) - p;
       float* o = out + size_t(r) * row_out;
@@ -145,12 +153,14 @@ void pad_nhwc(const float* in, int N, int H, int W, int C, int p, float* out, Th
       std::memcpy(o + border, in + (size_t(n) * H + y) * row_in, row_in * sizeof(float));
       std::memset(o + border + row_in, 0, border * sizeof(float));
     }
-  }, 8);
+  };
+  // std::cref: std::function keeps a reference_wrapper inline, so dispatch allocates nothing.
+  pool.parallel_for(int64_t(N) * Hp, std::cref(body), 8);
 }
 
 void nchw_to_nhwc(const float* in, int N, int C, int H, int W, float* out, ThreadPool& pool) {
   const size_t hw = size_t(H) * W;
-  pool.parallel_for(int64_t(N) * H, [&](int64_t b, int64_t e) {
+  auto body = [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = r / H, y = r % H;
       const float* src = in + size_t(n) * C * hw + size_t(y) * W;
@@ -158,13 +168,15 @@ void nchw_to_nhwc(const float* in, int N, int C, int H, int W, float* out, Threa
       for (int x = 0; x < W; ++x)
         for (int c = 0; c < C; ++c) dst[size_t(x) * C + c] = src[size_t(c) * hw + x];
     }
-  }, 4);
+  };
+  // std::cref: std::function keeps a reference_wrapper inline, so dispatch allocates nothing.
+  pool.parallel_for(int64_t(N) * H, std::cref(body), 4);
 }
 
 void maxpool_nhwc(const float* in, int N, int H, int W, int C, int K, int stride, int pad, float* out,
                   ThreadPool& pool, FloatIsa isa) {
   const int OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;
-  pool.parallel_for(int64_t(N) * OH, [&](int64_t b, int64_t e) {
+  auto body = [&](int64_t b, int64_t e) {
     switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
       case FloatIsa::kAVX512: maxpool_rows_avx512(in, H, W, C, K, stride, pad, OH, OW, b, e, out); break;
@@ -172,12 +184,14 @@ void maxpool_nhwc(const float* in, int N, int H, int W, int C, int K, int stride
 #endif
       default: baseline::maxpool_rows(in, H, W, C, K, stride, pad, OH, OW, b, e, out); break;
     }
-  }, 2);
+  };
+  // std::cref: std::function keeps a reference_wrapper inline, so dispatch allocates nothing.
+  pool.parallel_for(int64_t(N) * OH, std::cref(body), 2);
 }
 
 void batchnorm_nhwc(const float* in, int64_t npix, int C, const float* scale, const float* shift, bool relu,
                     float* out, ThreadPool& pool) {
-  pool.parallel_for(npix, [&](int64_t b, int64_t e) {
+  auto body = [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       const float* x = in + p * C;
       float* y = out + p * C;
@@ -187,18 +201,20 @@ void batchnorm_nhwc(const float* in, int64_t npix, int C, const float* scale, co
         for (int c = 0; c < C; ++c) y[c] = x[c] * scale[c] + shift[c];
       }
     }
-  }, 64);
+  };
+  // std::cref: std::function keeps a reference_wrapper inline, so dispatch allocates nothing.
+  pool.parallel_for(npix, std::cref(body), 64);
 }
 
 void global_avgpool_nhwc(const float* in, int N, int HW, int C, float* out) {
-  std::vector<float> acc(C);
   for (int n = 0; n < N; ++n) {
-    std::fill(acc.begin(), acc.end(), 0.f);
+    float* acc = out + size_t(n) * C;
+    std::fill(acc, acc + C, 0.f);
     const float* x = in + size_t(n) * HW * C;
     for (int p = 0; p < HW; ++p)
       for (int c = 0; c < C; ++c) acc[c] += x[size_t(p) * C + c];
     const float inv = 1.f / float(HW);
-    for (int c = 0; c < C; ++c) out[size_t(n) * C + c] = acc[c] * inv;
+    for (int c = 0; c < C; ++c) acc[c] *= inv;
   }
 }
 
@@ -207,7 +223,7 @@ void linear_io(const float* x, int N, int I, int O, const float* w_io, const flo
   // Split over blocks of 64 outputs: at batch 1 this layer is bound by reading the weights, so both cores
   // stream half of them each.
   const int blocks = (O + 63) / 64;
-  pool.parallel_for(blocks, [&](int64_t b, int64_t e) {
+  auto body = [&](int64_t b, int64_t e) {
     const int o0 = int(b) * 64, o1 = std::min(O, int(e) * 64);
     switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -216,7 +232,9 @@ void linear_io(const float* x, int N, int I, int O, const float* w_io, const flo
 #endif
       default: baseline::linear_cols(x, N, I, O, w_io, bias, o0, o1, out); break;
     }
-  }, 2);
+  };
+  // std::cref: std::function keeps a reference_wrapper inline, so dispatch allocates nothing.
+  pool.parallel_for(blocks, std::cref(body), 2);
 }
 
 }  // namespace bonn

@@ -44,7 +44,8 @@ class FloatConv2d {
   std::vector<float> bias_;    // [CoP], zero-padded
 };
 
-// Arguments of one conv micro-kernel call: output row `oh` of image `n`, channels [co0, co1).
+// Arguments of one conv micro-kernel call: output pixels [q0, q1) (row-major over OH x OW) of one image,
+// channels [co0, co1). Pixels are blocked across row ends, so small maps (7x7) waste no partial blocks.
 struct FConvTask {
   const float* in;  // padded image [Hp, Wp, Ci] of this batch element
   int Wp, Ci, K, stride;
@@ -52,13 +53,18 @@ struct FConvTask {
   int CoP;
   const float* bias;  // [CoP]
   bool relu;
-  float* out_row;  // [OW, Co] of this output row
-  int OW, Co, oh, co0, co1;
+  float* out;  // [OH * OW, Co] of this batch element
+  int OW, Co, q0, q1, co0, co1;
+  // Top-left tap of output pixel q in the padded input.
+  const float* origin(int q) const {
+    const int oh = q / OW, ow = q % OW;
+    return in + (size_t(oh) * stride * Wp + size_t(ow) * stride) * Ci;
+  }
 };
-void fconv_row_avx512(const FConvTask& t);
-void fconv_row_avx2(const FConvTask& t);
+void fconv_avx512(const FConvTask& t);
+void fconv_avx2(const FConvTask& t);
 // Scalar kernel on the original OHWI weights.
-void fconv_row_scalar(const FConvTask& t, const float* w_ohwi, const float* bias);
+void fconv_scalar(const FConvTask& t, const float* w_ohwi, const float* bias);
 
 // Copies NHWC [N, H, W, C] into [N, H+2p, W+2p, C] with a zero border.
 void pad_nhwc(const float* in, int N, int H, int W, int C, int p, float* out, ThreadPool& pool);

@@ -103,6 +103,7 @@ struct Model::Plan {
 Model::Model(const GraphArg& g, const ModelOptions& opt) {
   if (g.in_channels < 1 || g.in_channels > kMaxChannels)
     fail("graph: input channels " + std::to_string(g.in_channels) + " out of range");
+  if (opt.threads > 1024) fail("threads " + std::to_string(opt.threads) + " out of range (at most 1024)");
   popcount_path_ = opt.popcount_path < 0 ? select_path() : PopcountPath(opt.popcount_path);
   float_isa_ = opt.float_isa < 0 ? select_float_isa() : FloatIsa(opt.float_isa);
   if (opt.popcount_path >= 0) {

@@ -77,6 +77,7 @@ struct ThreadPool::Impl {
   int64_t n = 0;
   std::mutex err_mu;
   std::exception_ptr err;
+  std::mutex busy;  // held by the caller for the duration of a parallel job
 
   // Claims and runs blocks of job `gen` until none are left (or a newer job replaced it).
   void run_blocks(uint32_t gen) {
@@ -141,12 +142,20 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
   // Every block holds at least `grain` items (n / nblocks >= grain), except when n < grain: one block.
-  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(int64_t(n_threads_) * kBlocksPerThread, n / grain));
+  const int64_t nblocks = std::max<int64_t>(
+      1, std::min<int64_t>({int64_t(n_threads_) * kBlocksPerThread, n / grain, int64_t{0xFFFF}}));
   if (n_threads_ == 1 || nblocks == 1) {
     fn(0, n);
     return;
   }
   Impl& s = *impl_;
+  // One job at a time. A concurrent call from another thread, or a nested call from inside fn, runs serially
+  // on its own thread instead of corrupting the job in flight (or deadlocking).
+  std::unique_lock<std::mutex> busy(s.busy, std::try_to_lock);
+  if (!busy.owns_lock()) {
+    fn(0, n);
+    return;
+  }
   s.fn = &fn;
   s.n = n;
   s.err = nullptr;

@@ -18,7 +18,8 @@ class ThreadPool {
 
   // Runs fn(begin, end) over [0, n) split into disjoint contiguous chunks (up to 4 per thread, claimed
   // dynamically; the caller runs chunks too). Blocks until all chunks are done. Chunks are at least `grain`
-  // items (one chunk if n < grain). An exception thrown by fn is rethrown here. Not re-entrant.
+  // items (one chunk if n < grain). An exception thrown by fn is rethrown here. Safe to call from several threads
+  // and from inside fn: while one job runs on the pool, other (or nested) calls run serially on their own thread.
   void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end)>& fn, int64_t grain = 1);
 
  private:

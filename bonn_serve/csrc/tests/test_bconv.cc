@@ -214,6 +214,13 @@ TEST_CASE(bconv_rejects_bad_arguments) {
   CHECK_THROWS(BinaryConv2d(w.data(), 0, 3, 64, 1, 1, PopcountPath::kPortable));
   CHECK_THROWS(BinaryConv2d(w.data(), 1, 3, 64, 0, 1, PopcountPath::kPortable));
   CHECK_THROWS(BinaryConv2d(w.data(), 1, 3, 64, 1, -1, PopcountPath::kPortable));
+  {
+    std::vector<uint64_t> dirty(9, 0);
+    dirty[4] = uint64_t{1} << 20;  // channel 20 of a 17-channel layer: a tail bit
+    CHECK_THROWS(BinaryConv2d(dirty.data(), 1, 3, 17, 1, 1, PopcountPath::kPortable));
+    BinaryConv2d fine(dirty.data(), 1, 3, 21, 1, 1, PopcountPath::kPortable);  // same bits, 21 channels: valid
+    CHECK_EQ(fine.shape(1, 3, 3).Ci, 21);
+  }
   BinaryConv2d conv(w.data(), 1, 3, 64, 1, 1, PopcountPath::kPortable);
   OutputTransform ot;
   CHECK_THROWS(conv.run(in.data(), 1, 4, 4, ot, pool));  // no output

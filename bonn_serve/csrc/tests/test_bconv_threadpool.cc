@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <atomic>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "test_harness.h"
@@ -52,4 +53,22 @@ TEST_CASE(threadpool_propagates_exceptions) {
 TEST_CASE(threadpool_default_size_is_positive) {
   ThreadPool pool(0);
   CHECK(pool.size() >= 1);
+}
+
+TEST_CASE(threadpool_concurrent_and_nested_calls_are_safe) {
+  ThreadPool pool(2);
+  std::atomic<int64_t> outer{0}, chunks{0}, nested{0};
+  auto job = [&] {
+    for (int rep = 0; rep < 2000; ++rep)
+      pool.parallel_for(16, [&](int64_t b, int64_t e) {
+        outer += e - b;
+        ++chunks;
+        pool.parallel_for(4, [&](int64_t nb, int64_t ne) { nested += ne - nb; });  // nested: runs serially
+      });
+  };
+  std::thread other(job);  // a second caller on the same pool at the same time
+  job();
+  other.join();
+  CHECK_EQ(outer.load(), int64_t(2) * 2000 * 16);  // every outer index exactly once per call
+  CHECK_EQ(nested.load(), 4 * chunks.load());      // every nested call covered its 4 items exactly once
 }
