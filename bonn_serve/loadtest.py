@@ -38,8 +38,9 @@ def default_locustfile() -> Path:
     for cand in (REPO_ROOT / "loadtests" / "locustfile.py", Path.cwd() / "loadtests" / "locustfile.py"):
         if cand.is_file():
             return cand
-    raise FileNotFoundError("loadtests/locustfile.py not found next to the package or in the current "
-                            "directory; pass --locustfile")
+    raise FileNotFoundError(
+        "loadtests/locustfile.py not found next to the package or in the current directory; pass --locustfile"
+    )
 
 
 def default_thresholds() -> Path:
@@ -76,25 +77,52 @@ def server_env(bentoml_home: Path, extra: dict[str, str] | None = None) -> dict[
     return env
 
 
-def register_models(bentoml_home: Path, bonn: Path, fp: Path | None = None,
-                    env_extra: dict[str, str] | None = None, timeout: float = 180) -> None:
+def register_models(
+    bentoml_home: Path,
+    bonn: Path,
+    fp: Path | None = None,
+    env_extra: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> None:
     """`bonn-serve register` in a subprocess (keeps bentoml's global store state out of this process)."""
     cmd = [sys.executable, "-m", "bonn_serve", "register", str(bonn)] + (["--fp", str(fp)] if fp else [])
-    r = subprocess.run(cmd, env=server_env(bentoml_home, env_extra), capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run(
+        cmd,
+        check=False,
+        env=server_env(bentoml_home, env_extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"bonn-serve register failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
 
 
-def export_random_models(out_dir: Path, seed: int = 0, arch: str = "wrn22-16",
-                         timeout: float = 300) -> tuple[Path, Path]:
+def export_random_models(
+    out_dir: Path, seed: int = 0, arch: str = "wrn22-16", timeout: float = 300
+) -> tuple[Path, Path]:
     """A randomly initialised BONN + its FP ONNX baseline via `bonn-serve export --random` (needs the train
     extra, i.e. torch, in the exporting subprocess only). Returns (bonn, fp) named as `register_dir` expects."""
     out_dir.mkdir(parents=True, exist_ok=True)
     bonn, fp = out_dir / f"bonn-{arch}.bonn", out_dir / f"fp-{arch}.onnx"
-    cmd = [sys.executable, "-m", "bonn_serve", "export", "--arch", arch, "--random", "--seed", str(seed),
-           "--out", str(bonn), "--onnx-fp", str(fp)]
-    r = subprocess.run(cmd, env=server_env(out_dir), capture_output=True, text=True, timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bonn_serve",
+        "export",
+        "--arch",
+        arch,
+        "--random",
+        "--seed",
+        str(seed),
+        "--out",
+        str(bonn),
+        "--onnx-fp",
+        str(fp),
+    ]
+    r = subprocess.run(
+        cmd, check=False, env=server_env(out_dir), capture_output=True, text=True, timeout=timeout
+    )
     if r.returncode != 0:
         raise RuntimeError(f"bonn-serve export failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return bonn, fp
@@ -124,8 +152,10 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode} before it was ready:\n"
-                                   f"{self.log_text()[-4000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode} before it was ready:\n"
+                    f"{self.log_text()[-4000:]}"
+                )
             if http_get(self.url + "/readyz", timeout=2)[0] == 200:
                 return
             time.sleep(0.25)
@@ -145,7 +175,7 @@ class Server:
             self._log = None
         return self.proc.returncode
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -164,16 +194,33 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def start_server(bentoml_home: Path, log_path: Path, *, port: int | None = None, host: str = "127.0.0.1",
-                 env_extra: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                 wait: bool = True, ready_timeout: float = 180.0) -> Server:
+def start_server(
+    bentoml_home: Path,
+    log_path: Path,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    env_extra: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    wait: bool = True,
+    ready_timeout: float = 180.0,
+) -> Server:
     """Start `bonn-serve serve` in its own process group; by default wait until /readyz answers 200."""
     port = port or free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "wb")
-    cmd = [sys.executable, "-m", "bonn_serve", "serve", "--host", host, "--port", str(port)] + (extra_args or [])
-    proc = subprocess.Popen(cmd, env=server_env(bentoml_home, env_extra), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(REPO_ROOT))
+    log = open(log_path, "wb")  # noqa: SIM115 - stays open for the server's lifetime; Server.stop closes it
+    cmd = [sys.executable, "-m", "bonn_serve", "serve", "--host", host, "--port", str(port)] + (
+        extra_args or []
+    )
+    proc = subprocess.Popen(
+        cmd,
+        env=server_env(bentoml_home, env_extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=str(REPO_ROOT),
+    )
     server = Server(proc, f"http://{host}:{port}", bentoml_home, log_path, log)
     if wait:
         try:
@@ -235,9 +282,16 @@ def rss_growth(samples: list[tuple[float, int]], warmup_s: float, window_s: floa
     first = sorted(r for t, r in after if t <= warmup_s + window_s) or [after[0][1]]
     last = sorted(r for t, r in after if t >= t_end - window_s) or [after[-1][1]]
     base, end = first[len(first) // 2], last[len(last) // 2]
-    return {"baseline_bytes": base, "end_bytes": end, "max_bytes": max(r for _, r in after),
-            "growth": (end - base) / base, "warmup_s": warmup_s, "window_s": round(window_s, 1),
-            "samples_after_warmup": len(after), "ok": True}
+    return {
+        "baseline_bytes": base,
+        "end_bytes": end,
+        "max_bytes": max(r for _, r in after),
+        "growth": (end - base) / base,
+        "warmup_s": warmup_s,
+        "window_s": round(window_s, 1),
+        "samples_after_warmup": len(after),
+        "ok": True,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ locust
@@ -260,19 +314,52 @@ def run_locust(cfg: LocustConfig, out_dir: Path, prefix: str = "locust") -> dict
     base = out_dir / prefix
     outcomes = out_dir / f"{prefix}_outcomes.json"
     env = dict(os.environ)
-    env.update({"LOADTEST_MODELS": cfg.models, "LOADTEST_MIX": cfg.mix, "LOADTEST_OUTCOMES": str(outcomes),
-                "LOADTEST_TIMEOUT": str(cfg.client_timeout_s), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "LOADTEST_MODELS": cfg.models,
+            "LOADTEST_MIX": cfg.mix,
+            "LOADTEST_OUTCOMES": str(outcomes),
+            "LOADTEST_TIMEOUT": str(cfg.client_timeout_s),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if cfg.fp_model:
         env["LOADTEST_FP_MODEL"] = cfg.fp_model
-    cmd = [sys.executable, "-m", "locust", "-f", str(cfg.locustfile or default_locustfile()), "--headless",
-           "-u", str(cfg.users), "-r", str(cfg.spawn_rate), "-t", f"{cfg.duration_s}s", "--host", cfg.host,
-           "--csv", str(base), "--html", f"{base}.html", "--json-file", str(base),
-           "--exit-code-on-error", "0", "--only-summary", "--stop-timeout", "10", "--loglevel", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(cfg.locustfile or default_locustfile()),
+        "--headless",
+        "-u",
+        str(cfg.users),
+        "-r",
+        str(cfg.spawn_rate),
+        "-t",
+        f"{cfg.duration_s}s",
+        "--host",
+        cfg.host,
+        "--csv",
+        str(base),
+        "--html",
+        f"{base}.html",
+        "--json-file",
+        str(base),
+        "--exit-code-on-error",
+        "0",
+        "--only-summary",
+        "--stop-timeout",
+        "10",
+        "--loglevel",
+        "WARNING",
+    ]
     with open(out_dir / f"{prefix}.log", "wb") as log:
         t0 = time.monotonic()
         try:
-            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                timeout=cfg.duration_s + 90).returncode
+            rc = subprocess.run(
+                cmd, check=False, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=cfg.duration_s + 90
+            ).returncode
         except subprocess.TimeoutExpired:
             rc = -1
         wall = time.monotonic() - t0
@@ -283,8 +370,15 @@ def run_locust(cfg: LocustConfig, out_dir: Path, prefix: str = "locust") -> dict
     stats = json.loads(stats_path.read_text())
     outc = json.loads(outcomes.read_text()) if outcomes.is_file() else {}
     summary = summarize(stats, outc)
-    summary["config"] = {"users": cfg.users, "spawn_rate": cfg.spawn_rate, "duration_s": cfg.duration_s,
-                         "models": cfg.models, "mix": cfg.mix, "host": cfg.host, "locust_wall_s": round(wall, 1)}
+    summary["config"] = {
+        "users": cfg.users,
+        "spawn_rate": cfg.spawn_rate,
+        "duration_s": cfg.duration_s,
+        "models": cfg.models,
+        "mix": cfg.mix,
+        "host": cfg.host,
+        "locust_wall_s": round(wall, 1),
+    }
     return summary
 
 
@@ -318,14 +412,21 @@ def _block(entries: list[dict[str, Any]]) -> dict[str, Any]:
     span = (end - start) if start and end and end > start else None
     times = _merge_times(entries)
     total_ms = sum(e.get("total_response_time", 0) for e in entries)
-    return {"requests": n, "failures": fails, "rps": round(n / span, 2) if span else None,
-            "mean_ms": round(total_ms / n, 1) if n else None,
-            "p50_ms": percentile(times, 0.50), "p95_ms": percentile(times, 0.95),
-            "p99_ms": percentile(times, 0.99), "max_ms": max(times) if times else None}
+    return {
+        "requests": n,
+        "failures": fails,
+        "rps": round(n / span, 2) if span else None,
+        "mean_ms": round(total_ms / n, 1) if n else None,
+        "p50_ms": percentile(times, 0.50),
+        "p95_ms": percentile(times, 0.95),
+        "p99_ms": percentile(times, 0.99),
+        "max_ms": max(times) if times else None,
+    }
 
 
 def summarize(stats: list[dict[str, Any]], outcomes: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Locust's JSON stats + the locustfile's outcome counts -> per-name and per-route numbers."""
+
     def shed_status(name: str) -> str | None:
         return next((code for code, suffix in SHED_SUFFIXES.items() if name.endswith(suffix)), None)
 
@@ -340,8 +441,11 @@ def summarize(stats: list[dict[str, Any]], outcomes: dict[str, dict[str, int]]) 
     per_route = {r: _block([e for e in classify if e["name"].startswith(r + " ")]) for r in routes}
     for r in routes:
         for code in SHED_SUFFIXES:
-            per_route[r][f"shed_{code}"] = sum(e["num_requests"] for e in shed
-                                               if e["name"].startswith(r + " ") and shed_status(e["name"]) == code)
+            per_route[r][f"shed_{code}"] = sum(
+                e["num_requests"]
+                for e in shed
+                if e["name"].startswith(r + " ") and shed_status(e["name"]) == code
+            )
     kinds: dict[str, int] = {}
     for counts in outcomes.values():
         for kind, n in counts.items():
@@ -352,13 +456,21 @@ def summarize(stats: list[dict[str, Any]], outcomes: dict[str, dict[str, int]]) 
     if other:
         kinds["other"] = other
     n_shed = sum(e["num_requests"] for e in shed)
-    by_code = {code: sum(e["num_requests"] for e in shed if shed_status(e["name"]) == code) for code in SHED_SUFFIXES}
+    by_code = {
+        code: sum(e["num_requests"] for e in shed if shed_status(e["name"]) == code) for code in SHED_SUFFIXES
+    }
     n_total = all_block["requests"]
-    return {"total": all_block, "routes": per_route, "names": per_name,
-            "failures": sum(kinds.values()), "failures_by_kind": kinds,
-            "shed_503": by_code["503"], "shed_429": by_code["429"],
-            "shed_ratio": round(n_shed / n_total, 4) if n_total else 0.0,
-            "outcomes": outcomes}
+    return {
+        "total": all_block,
+        "routes": per_route,
+        "names": per_name,
+        "failures": sum(kinds.values()),
+        "failures_by_kind": kinds,
+        "shed_503": by_code["503"],
+        "shed_429": by_code["429"],
+        "shed_ratio": round(n_shed / n_total, 4) if n_total else 0.0,
+        "outcomes": outcomes,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ thresholds
@@ -376,8 +488,10 @@ def check_thresholds(summary: dict[str, Any], thr: dict[str, Any]) -> list[str]:
     """Every broken gate as a sentence; empty when the run passes."""
     broken: list[str] = []
     if "max_failures" in thr and summary["failures"] > thr["max_failures"]:
-        broken.append(f"{summary['failures']} failed requests (limit {thr['max_failures']}): "
-                      f"{summary['failures_by_kind']}")
+        broken.append(
+            f"{summary['failures']} failed requests (limit {thr['max_failures']}): "
+            f"{summary['failures_by_kind']}"
+        )
     if "max_shed_ratio" in thr and summary["shed_ratio"] > thr["max_shed_ratio"]:
         broken.append(f"shed ratio {summary['shed_ratio']:.3f} > {thr['max_shed_ratio']}")
     routes = summary["routes"]
@@ -405,30 +519,44 @@ def check_thresholds(summary: dict[str, Any], thr: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ side-by-side
 def compare_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], float | None]:
     """Medians over rounds per route -> rows, and the BONN/FP throughput ratio (medians of per-round ratios)."""
+
     def med(xs: list[float]) -> float | None:
         xs = sorted(x for x in xs if x is not None)
-        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2 if xs else None
+        return (
+            xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2 if xs else None
+        )
 
     rows = []
     for route, summaries in runs.items():
         blocks = [s["routes"].get(route, {}) for s in summaries]
-        rows.append({"route": route, "rounds": len(summaries),
-                     **{k: med([b.get(k) for b in blocks]) for k in ("rps", "p50_ms", "p95_ms", "p99_ms")},
-                     "requests": sum(b.get("requests", 0) for b in blocks),
-                     "failures": sum(s["failures"] for s in summaries),
-                     "shed": sum(s["shed_503"] + s.get("shed_429", 0) for s in summaries)})
-    ratios = [b["routes"]["bonn"]["rps"] / f["routes"]["fp"]["rps"]
-              for b, f in zip(runs.get("bonn", []), runs.get("fp", []))
-              if b["routes"].get("bonn", {}).get("rps") and f["routes"].get("fp", {}).get("rps")]
+        rows.append(
+            {
+                "route": route,
+                "rounds": len(summaries),
+                **{k: med([b.get(k) for b in blocks]) for k in ("rps", "p50_ms", "p95_ms", "p99_ms")},
+                "requests": sum(b.get("requests", 0) for b in blocks),
+                "failures": sum(s["failures"] for s in summaries),
+                "shed": sum(s["shed_503"] + s.get("shed_429", 0) for s in summaries),
+            }
+        )
+    ratios = [
+        b["routes"]["bonn"]["rps"] / f["routes"]["fp"]["rps"]
+        for b, f in zip(runs.get("bonn", []), runs.get("fp", []))
+        if b["routes"].get("bonn", {}).get("rps") and f["routes"].get("fp", {}).get("rps")
+    ]
     return rows, med(ratios)
 
 
 def compare_markdown(rows: list[dict[str, Any]], ratio: float | None) -> str:
-    lines = ["| route | rounds | requests | req/s (median) | p50 ms | p95 ms | p99 ms | failures | shed (503/429) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| route | rounds | requests | req/s (median) | p50 ms | p95 ms | p99 ms | failures | shed (503/429) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['route']} | {r['rounds']} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
-                     f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {r['shed']} |")
+        lines.append(
+            f"| {r['route']} | {r['rounds']} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
+            f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {r['shed']} |"
+        )
     if ratio is not None:
         lines.append("")
         lines.append(f"BONN/FP throughput ratio (median of per-round ratios): **{ratio:.2f}x**")
@@ -444,7 +572,9 @@ def compare_chart(rows: list[dict[str, Any]], ratio: float | None, path: Path, t
     routes = [r["route"] for r in rows]
     colors = {"bonn": "#1f77b4", "fp": "#ff7f0e"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.bar([r.upper() for r in routes], [r["rps"] for r in rows], color=[colors.get(r, "grey") for r in routes])
+    ax1.bar(
+        [r.upper() for r in routes], [r["rps"] for r in rows], color=[colors.get(r, "grey") for r in routes]
+    )
     ax1.set_ylabel("requests / s (median over rounds)")
     ax1.set_title("Throughput" + (f" (BONN/FP = {ratio:.2f}x)" if ratio else ""))
     qs = ["p50_ms", "p95_ms", "p99_ms"]
@@ -469,10 +599,10 @@ class RunOptions:
     out_dir: Path
     profile: str = "default"
     thresholds: Path | None = None
-    host: str | None = None            # an already running server; otherwise one is started
+    host: str | None = None  # an already running server; otherwise one is started
     bentoml_home: Path | None = None
     port: int | None = None
-    bonn: Path | None = None           # register these into the store before serving
+    bonn: Path | None = None  # register these into the store before serving
     fp: Path | None = None
     server_env: dict[str, str] = field(default_factory=dict)
     locust: LocustConfig = field(default_factory=lambda: LocustConfig(host=""))
@@ -486,14 +616,17 @@ class RunOptions:
 def _with_server(opts: RunOptions, body) -> dict[str, Any]:
     if opts.host:
         return body(opts.host.rstrip("/"), None)
-    home_ctx = tempfile.TemporaryDirectory(prefix="bonn-loadtest-home-") if opts.bentoml_home is None else None
+    home_ctx = (
+        tempfile.TemporaryDirectory(prefix="bonn-loadtest-home-") if opts.bentoml_home is None else None
+    )
     home = Path(home_ctx.name) if home_ctx else opts.bentoml_home
     try:
         if opts.bonn:  # serve exactly these models, not also whatever models/ ships
             register_models(home, opts.bonn, opts.fp, opts.server_env)
         extra = ["--no-register"] if opts.bonn else None
-        with start_server(home, opts.out_dir / "server.log", port=opts.port, env_extra=opts.server_env,
-                          extra_args=extra) as srv:
+        with start_server(
+            home, opts.out_dir / "server.log", port=opts.port, env_extra=opts.server_env, extra_args=extra
+        ) as srv:
             result = body(srv.url, srv)
             result["server"] = {"pid": srv.pid, "bentoml_home": str(home)}
         return result
@@ -522,8 +655,11 @@ def execute(opts: RunOptions) -> tuple[dict[str, Any], list[str]]:
         finally:
             samples = sampler.stop() if sampler else None
         if samples is not None:
-            warmup = opts.soak_warmup_s if opts.soak_warmup_s is not None else \
-                float(thr.get("rss_warmup_s", max(30.0, cfg.duration_s * 0.1)))
+            warmup = (
+                opts.soak_warmup_s
+                if opts.soak_warmup_s is not None
+                else float(thr.get("rss_warmup_s", max(30.0, cfg.duration_s * 0.1)))
+            )
             summary["soak"] = rss_growth(samples, warmup)
             summary["soak"]["samples"] = samples
         return summary
@@ -548,11 +684,23 @@ def _compare(cfg: LocustConfig, opts: RunOptions) -> dict[str, Any]:
     md = compare_markdown(rows, ratio)
     (opts.out_dir / "compare.md").write_text(md + "\n")
     chart = opts.chart or opts.out_dir / "loadtest_bonn_vs_fp.png"
-    compare_chart(rows, ratio, chart, f"{cfg.users} users, mix={cfg.mix}, {cfg.duration_s} s x {opts.rounds} "
-                  "rounds per route, server and Locust on the same 2 cores")
+    compare_chart(
+        rows,
+        ratio,
+        chart,
+        f"{cfg.users} users, mix={cfg.mix}, {cfg.duration_s} s x {opts.rounds} "
+        "rounds per route, server and Locust on the same 2 cores",
+    )
     broken = [f"{r['route']}: {r['failures']} failures" for r in rows if r["failures"]]
-    return {"compare": rows, "bonn_fp_rps_ratio": ratio, "markdown": md, "chart": str(chart),
-            "runs": runs, "broken": broken, "failures": sum(r["failures"] for r in rows)}
+    return {
+        "compare": rows,
+        "bonn_fp_rps_ratio": ratio,
+        "markdown": md,
+        "chart": str(chart),
+        "runs": runs,
+        "broken": broken,
+        "failures": sum(r["failures"] for r in rows),
+    }
 
 
 def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
@@ -560,19 +708,30 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
         print(summary["markdown"], file=out)
     else:
         t = summary["total"]
-        print(f"total: {t['requests']} requests, {t.get('rps')} req/s, failures {summary['failures']} "
-              f"{summary['failures_by_kind']}, shed 503: {summary['shed_503']}, 429: {summary['shed_429']}",
-              file=out)
+        print(
+            f"total: {t['requests']} requests, {t.get('rps')} req/s, failures {summary['failures']} "
+            f"{summary['failures_by_kind']}, shed 503: {summary['shed_503']}, 429: {summary['shed_429']}",
+            file=out,
+        )
         for r, b in summary["routes"].items():
-            print(f"  {r:5s} {b['requests']:6d} req {b['rps']} req/s  p50 {b['p50_ms']} p95 {b['p95_ms']} "
-                  f"p99 {b['p99_ms']} ms  shed {b.get('shed_503', 0)} + {b.get('shed_429', 0)} (429)", file=out)
+            print(
+                f"  {r:5s} {b['requests']:6d} req {b['rps']} req/s  p50 {b['p50_ms']} p95 {b['p95_ms']} "
+                f"p99 {b['p99_ms']} ms  shed {b.get('shed_503', 0)} + {b.get('shed_429', 0)} (429)",
+                file=out,
+            )
         if "soak" in summary:
             s = summary["soak"]
             if s.get("ok"):
-                print(f"  soak: RSS {s['baseline_bytes'] / 2**20:.1f} -> {s['end_bytes'] / 2**20:.1f} MiB "
-                      f"({s['growth'] * 100:+.2f}%), max {s['max_bytes'] / 2**20:.1f} MiB", file=out)
+                print(
+                    f"  soak: RSS {s['baseline_bytes'] / 2**20:.1f} -> {s['end_bytes'] / 2**20:.1f} MiB "
+                    f"({s['growth'] * 100:+.2f}%), max {s['max_bytes'] / 2**20:.1f} MiB",
+                    file=out,
+                )
             else:
                 print(f"  soak: {s.get('reason')}", file=out)
     th = summary["thresholds"]
-    print(f"thresholds [{th['profile']}]: " + ("PASS" if th["passed"] else "FAIL\n  " + "\n  ".join(th["broken"])),
-          file=out)
+    print(
+        f"thresholds [{th['profile']}]: "
+        + ("PASS" if th["passed"] else "FAIL\n  " + "\n  ".join(th["broken"])),
+        file=out,
+    )

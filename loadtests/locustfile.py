@@ -11,7 +11,8 @@ Configuration (environment variables, so the runner and a human use the same kno
   LOADTEST_FP_MODEL  registry name of the FP baseline (default: discovered from GET /models).
   LOADTEST_MIX       "full" (default: small JPEG/PNG, large photos, multi-image, raw body) or "small"
                      (only single small images: used for the BONN-vs-FP side-by-side).
-  LOADTEST_CIFAR     npz with x_test, x or x_train (N,32,32,3) uint8 (default: /work/shared/data/cifar10/cifar10_mini.npz;
+  LOADTEST_CIFAR     npz with x_test, x or x_train (N,32,32,3) uint8
+                     (default: /work/shared/data/cifar10/cifar10_mini.npz;
                      synthetic images when absent).
   LOADTEST_OUTCOMES  where to write per-request-name outcome counts (JSON) at the end of the run.
   LOADTEST_TIMEOUT   client timeout in seconds (default 30): a hang shows up as a `timeout` failure.
@@ -135,12 +136,15 @@ def _routes() -> list[str]:
 
 
 def discover_fp_model(models_json: object) -> str | None:
-    """Pick the FP baseline's registry name from GET /models. Tolerates a list of entries or {"models": [...]},
+    """Pick the FP baseline's registry name from GET /models. Tolerates a list of entries or
+    {"models": [...]},
     each entry a dict with a name and a backend/kind telling BONN from FP."""
     entries = models_json.get("models", models_json) if isinstance(models_json, dict) else models_json
     if isinstance(entries, dict):  # {name: info}
-        entries = [dict(info, name=name) if isinstance(info, dict) else {"name": name}
-                   for name, info in entries.items()]
+        entries = [
+            dict(info, name=name) if isinstance(info, dict) else {"name": name}
+            for name, info in entries.items()
+        ]
     for e in entries or []:
         if not isinstance(e, dict):
             continue
@@ -166,15 +170,32 @@ class ClassifyUser(HttpUser):
         self.rng = random.Random()
 
     # One request, classified. `route` is the stats prefix; `model` None means the server default (BONN).
-    def _classify(self, label: str, n_expected: int, *, files=None, data=None, headers=None,
-                  route: str, model: str | None) -> None:
+    def _classify(
+        self,
+        label: str,
+        n_expected: int,
+        *,
+        files=None,
+        data=None,
+        headers=None,
+        route: str,
+        model: str | None,
+    ) -> None:
         name = f"{route} {label}"
         params = {"top_k": "3"}
         if model:
             params["model"] = model
         try:
-            with self.client.post("/classify", params=params, files=files, data=data, headers=headers,
-                                  name=name, timeout=self.timeout, catch_response=True) as resp:
+            with self.client.post(
+                "/classify",
+                params=params,
+                files=files,
+                data=data,
+                headers=headers,
+                name=name,
+                timeout=self.timeout,
+                catch_response=True,
+            ) as resp:
                 kind = self._judge(resp, n_expected)
                 if kind in SHED_SUFFIX:
                     resp.request_meta["name"] = name + SHED_SUFFIX[kind]
@@ -184,7 +205,7 @@ class ClassifyUser(HttpUser):
                 else:
                     resp.failure(f"{kind}: HTTP {resp.status_code} {resp.text[:200]!r}")
                 _record(name, kind)
-        except Exception as e:  # noqa: BLE001 - anything escaping the with-block is a transport failure
+        except Exception as e:
             _record(name, "timeout" if "timed out" in str(e).lower() else "connection")
             raise
 
@@ -220,8 +241,9 @@ class ClassifyUser(HttpUser):
     def small_jpeg(self) -> None:
         route, model = self._pick_route()
         img = self.rng.choice(images().jpeg)
-        self._classify("small-jpeg", 1, files=[("image", ("img.jpg", img, "image/jpeg"))],
-                       route=route, model=model)
+        self._classify(
+            "small-jpeg", 1, files=[("image", ("img.jpg", img, "image/jpeg"))], route=route, model=model
+        )
 
     @task(3)
     def small_png(self) -> None:
@@ -229,8 +251,9 @@ class ClassifyUser(HttpUser):
             return self.small_jpeg()
         route, model = self._pick_route()
         img = self.rng.choice(images().png)
-        self._classify("small-png", 1, files=[("image", ("img.png", img, "image/png"))],
-                       route=route, model=model)
+        self._classify(
+            "small-png", 1, files=[("image", ("img.png", img, "image/png"))], route=route, model=model
+        )
 
     @task(2)
     def raw_body_png(self) -> None:
@@ -238,8 +261,9 @@ class ClassifyUser(HttpUser):
             return self.small_jpeg()
         route, model = self._pick_route()
         img = self.rng.choice(images().png)
-        self._classify("raw-png", 1, data=img, headers={"Content-Type": "image/png"},
-                       route=route, model=model)
+        self._classify(
+            "raw-png", 1, data=img, headers={"Content-Type": "image/png"}, route=route, model=model
+        )
 
     @task(2)
     def large_photo(self) -> None:
@@ -247,8 +271,13 @@ class ClassifyUser(HttpUser):
             return self.small_jpeg()
         route, model = self._pick_route()
         img = self.rng.choice(images().large)
-        self._classify("large-jpeg-640x480", 1, files=[("image", ("photo.jpg", img, "image/jpeg"))],
-                       route=route, model=model)
+        self._classify(
+            "large-jpeg-640x480",
+            1,
+            files=[("image", ("photo.jpg", img, "image/jpeg"))],
+            route=route,
+            model=model,
+        )
 
     @task(2)
     def multi_image(self) -> None:

@@ -26,11 +26,12 @@ from PIL import Image
 
 from bonn_serve import loadtest as lt
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                                reason="exporting random test models needs torch (train extra)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None, reason="exporting random test models needs torch (train extra)"
+)
 
-START_FAIL_TIMEOUT = 90.0   # generous: a model load on a busy 2-core box
-CLIENT_TIMEOUT = 30.0       # a request not answered within this is a hang
+START_FAIL_TIMEOUT = 90.0  # generous: a model load on a busy 2-core box
+CLIENT_TIMEOUT = 30.0  # a request not answered within this is a hang
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -71,8 +72,13 @@ def jpeg(size: tuple[int, int] = (32, 32), seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def classify(url: str, n_images: int = 1, model: str | None = None, timeout: float = CLIENT_TIMEOUT,
-             size: tuple[int, int] = (32, 32)) -> httpx.Response:
+def classify(
+    url: str,
+    n_images: int = 1,
+    model: str | None = None,
+    timeout: float = CLIENT_TIMEOUT,
+    size: tuple[int, int] = (32, 32),
+) -> httpx.Response:
     files = [("image", (f"{i}.jpg", jpeg(size, i), "image/jpeg")) for i in range(n_images)]
     params = {"model": model} if model else {}
     return httpx.post(url + "/classify", files=files, params=params, timeout=timeout)
@@ -87,24 +93,33 @@ def wait_for_exit(server: lt.Server, timeout: float = START_FAIL_TIMEOUT) -> int
         rc = server.proc.poll()
         if rc is not None:
             return rc
-        assert lt.http_get(server.url + "/readyz", timeout=1)[0] != 200, "server became ready with a bad model"
+        assert lt.http_get(server.url + "/readyz", timeout=1)[0] != 200, (
+            "server became ready with a bad model"
+        )
         if server.log_text().count("Initializing service error") >= 2:
             return None
         time.sleep(0.5)
     return None
 
 
-def assert_refuses_to_start(home: Path, tmp_path: Path, *needles: str, extra_args: list[str] | None = None) -> str:
-    server = lt.start_server(home, tmp_path / "server.log", wait=False,
-                             extra_args=extra_args if extra_args is not None else ["--no-register"])
+def assert_refuses_to_start(
+    home: Path, tmp_path: Path, *needles: str, extra_args: list[str] | None = None
+) -> str:
+    server = lt.start_server(
+        home,
+        tmp_path / "server.log",
+        wait=False,
+        extra_args=extra_args if extra_args is not None else ["--no-register"],
+    )
     try:
         rc = wait_for_exit(server)
         log = server.log_text()
     finally:
         server.stop(10)
-    assert rc is not None, ("the service did not exit: its worker failed to load the model and BentoML keeps "
-                            "respawning it, so the service never becomes ready but never stops either:\n"
-                            + log[-3000:])
+    assert rc is not None, (
+        "the service did not exit: its worker failed to load the model and BentoML keeps "
+        "respawning it, so the service never becomes ready but never stops either:\n" + log[-3000:]
+    )
     assert rc != 0, log[-3000:]
     for needle in needles:
         assert needle in log, f"{needle!r} not in the server output:\n{log[-3000:]}"
@@ -125,8 +140,9 @@ def test_corrupt_stored_model_refuses_to_start(damage: str, good_store: Path, tm
     assert_refuses_to_start(home, tmp_path, str(path), "sha256")
 
 
-def test_model_swapped_after_registration_fails_checksum(good_store: Path, other_bonn: Path,
-                                                         tmp_path: Path) -> None:
+def test_model_swapped_after_registration_fails_checksum(
+    good_store: Path, other_bonn: Path, tmp_path: Path
+) -> None:
     """A valid .bonn put in place of the registered one passes every format check; the registry's recorded
     sha256 is the only thing that catches it."""
     home = copy_store(good_store, tmp_path / "home")
@@ -142,16 +158,18 @@ def test_corrupt_fp_baseline_refuses_to_start(good_store: Path, tmp_path: Path) 
     assert_refuses_to_start(home, tmp_path, str(path))
 
 
-def test_corrupt_shipped_model_stops_serve_before_bentoml(model_files: tuple[Path, Path],
-                                                           tmp_path: Path) -> None:
+def test_corrupt_shipped_model_stops_serve_before_bentoml(
+    model_files: tuple[Path, Path], tmp_path: Path
+) -> None:
     """`serve` registers models/ first; a truncated .bonn there must fail that step with the file named."""
     shipped = tmp_path / "models"
     shipped.mkdir()
     bonn, fp = model_files
     (shipped / bonn.name).write_bytes(bonn.read_bytes()[:5000])
     shutil.copyfile(fp, shipped / fp.name)
-    log = assert_refuses_to_start(tmp_path / "home", tmp_path, bonn.name,
-                                  extra_args=["--models-dir", str(shipped)])
+    log = assert_refuses_to_start(
+        tmp_path / "home", tmp_path, bonn.name, extra_args=["--models-dir", str(shipped)]
+    )
     assert "Starting production" not in log  # refused before the HTTP server came up
 
 
@@ -161,7 +179,9 @@ def test_queue_overflow_is_503_with_retry_after(good_store: Path, tmp_path: Path
     cannot all be queued: the extra ones must be refused with 503, a reason and Retry-After, while the
     queued ones complete."""
     env = {"BONN_MAX_QUEUE": "8", "BONN_MAX_BATCH": "64", "BONN_MAX_WAIT_MS": "1000", "BONN_WORKERS": "1"}
-    with lt.start_server(good_store, tmp_path / "server.log", env_extra=env, extra_args=["--no-register"]) as srv:
+    with lt.start_server(
+        good_store, tmp_path / "server.log", env_extra=env, extra_args=["--no-register"]
+    ) as srv:
         with ThreadPoolExecutor(6) as pool:
             resps = list(pool.map(lambda _: classify(srv.url, 4), range(6)))
         codes = sorted(r.status_code for r in resps)
@@ -183,8 +203,15 @@ def test_queue_overflow_is_503_with_retry_after(good_store: Path, tmp_path: Path
 def test_concurrency_limit_sheds_with_503_and_retry_after(good_store: Path, tmp_path: Path) -> None:
     """Above BONN_MAX_CONCURRENCY in-flight requests the service must shed with the documented contract
     (503, JSON {error, detail}, Retry-After), and never queue without bound."""
-    env = {"BONN_MAX_CONCURRENCY": "2", "BONN_MAX_BATCH": "64", "BONN_MAX_WAIT_MS": "1000", "BONN_WORKERS": "1"}
-    with lt.start_server(good_store, tmp_path / "server.log", env_extra=env, extra_args=["--no-register"]) as srv:
+    env = {
+        "BONN_MAX_CONCURRENCY": "2",
+        "BONN_MAX_BATCH": "64",
+        "BONN_MAX_WAIT_MS": "1000",
+        "BONN_WORKERS": "1",
+    }
+    with lt.start_server(
+        good_store, tmp_path / "server.log", env_extra=env, extra_args=["--no-register"]
+    ) as srv:
         with ThreadPoolExecutor(12) as pool:
             resps = list(pool.map(lambda _: classify(srv.url, 1), range(12)))
         codes = [r.status_code for r in resps]
@@ -206,8 +233,9 @@ def worker_pids(server: lt.Server) -> list[int]:
 
 @pytest.mark.slow
 def test_worker_killed_under_load_recovers_without_hangs(good_store: Path, tmp_path: Path) -> None:
-    with lt.start_server(good_store, tmp_path / "server.log", env_extra={"BONN_WORKERS": "1"},
-                         extra_args=["--no-register"]) as srv:
+    with lt.start_server(
+        good_store, tmp_path / "server.log", env_extra={"BONN_WORKERS": "1"}, extra_args=["--no-register"]
+    ) as srv:
         (victim,) = worker_pids(srv)
         outcomes: list[tuple[float, str, float]] = []  # (start, outcome, duration)
         stop = threading.Event()
@@ -250,10 +278,14 @@ def test_worker_killed_under_load_recovers_without_hangs(good_store: Path, tmp_p
         kinds = sorted({o for _, o, _ in outcomes})
         after = Counter(o for s, o, _ in outcomes if s >= killed_at)
         longest = max(d for _, _, d in outcomes)
-        print(f"worker kill: outcomes after the kill {dict(after)}, recovered "
-              f"{(recovered_at or float('nan')) - killed_at:.1f} s after it, longest request {longest:.1f} s")
+        print(
+            f"worker kill: outcomes after the kill {dict(after)}, recovered "
+            f"{(recovered_at or float('nan')) - killed_at:.1f} s after it, longest request {longest:.1f} s"
+        )
         assert "timeout" not in kinds, f"requests hung past {CLIENT_TIMEOUT} s: {kinds}"
-        assert recovered_at is not None, f"no recovery within 120 s; outcomes {kinds}\n{srv.log_text()[-3000:]}"
+        assert recovered_at is not None, (
+            f"no recovery within 120 s; outcomes {kinds}\n{srv.log_text()[-3000:]}"
+        )
         bad = [o for _, o, _ in outcomes if o.isdigit() and int(o) >= 500 and o != "503"]
         assert not bad, f"status >= 500 other than 503: {sorted(set(bad))}"
         assert worker_pids(srv) and victim not in worker_pids(srv)

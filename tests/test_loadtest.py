@@ -31,17 +31,32 @@ def test_percentile_matches_histogram() -> None:
 
 
 def _entry(name: str, n: int, fails: int = 0, times: dict | None = None) -> dict:
-    return {"name": name, "method": "POST", "num_requests": n, "num_failures": fails, "start_time": 1000.0,
-            "last_request_timestamp": 1010.0, "total_response_time": 10.0 * n,
-            "response_times": times or {"10": n}}
+    return {
+        "name": name,
+        "method": "POST",
+        "num_requests": n,
+        "num_failures": fails,
+        "start_time": 1000.0,
+        "last_request_timestamp": 1010.0,
+        "total_response_time": 10.0 * n,
+        "response_times": times or {"10": n},
+    }
 
 
 def test_summarize_separates_routes_shed_and_failures() -> None:
-    stats = [_entry("bonn small-jpeg", 80), _entry("bonn multi-4-jpeg", 20, times={"40": 20}),
-             _entry("fp small-jpeg", 50, fails=2), _entry("bonn small-jpeg (503 shed)", 10),
-             _entry("fp small-jpeg (429 shed)", 3), _entry("/models", 2)]
-    outcomes = {"bonn small-jpeg": {"ok": 80, "shed_503": 10}, "fp small-jpeg": {"ok": 48, "http_5xx": 2},
-                "task": {"task_error": 1}}
+    stats = [
+        _entry("bonn small-jpeg", 80),
+        _entry("bonn multi-4-jpeg", 20, times={"40": 20}),
+        _entry("fp small-jpeg", 50, fails=2),
+        _entry("bonn small-jpeg (503 shed)", 10),
+        _entry("fp small-jpeg (429 shed)", 3),
+        _entry("/models", 2),
+    ]
+    outcomes = {
+        "bonn small-jpeg": {"ok": 80, "shed_503": 10},
+        "fp small-jpeg": {"ok": 48, "http_5xx": 2},
+        "task": {"task_error": 1},
+    }
     s = lt.summarize(stats, outcomes)
     assert s["routes"]["bonn"]["requests"] == 100 and s["routes"]["bonn"]["shed_503"] == 10
     assert s["routes"]["bonn"]["rps"] == 10.0
@@ -61,8 +76,10 @@ def test_thresholds_file_has_profiles_and_gates_bite() -> None:
     with pytest.raises(KeyError):
         lt.load_thresholds(lt.default_thresholds(), "nope")
 
-    good = lt.summarize([_entry("bonn small-jpeg", 100), _entry("fp small-jpeg", 100)],
-                        {"bonn small-jpeg": {"ok": 100}, "fp small-jpeg": {"ok": 100}})
+    good = lt.summarize(
+        [_entry("bonn small-jpeg", 100), _entry("fp small-jpeg", 100)],
+        {"bonn small-jpeg": {"ok": 100}, "fp small-jpeg": {"ok": 100}},
+    )
     assert lt.check_thresholds(good, ci) == []
     bad = lt.summarize([_entry("bonn small-jpeg", 100)], {"bonn small-jpeg": {"ok": 99, "timeout": 1}})
     broken = lt.check_thresholds(bad, ci)
@@ -78,16 +95,18 @@ def test_rss_growth_verdict() -> None:
     leak = [(t, 100_000_000 + t * 50_000) for t in range(0, 600, 2)]  # +50 kB/s
     g = lt.rss_growth(leak, warmup_s=60)
     assert g["growth"] > 0.05
-    assert lt.check_thresholds({"failures": 0, "shed_ratio": 0, "routes": {}, "total": {}, "soak": g},
-                               {"max_rss_growth": 0.05})
+    assert lt.check_thresholds(
+        {"failures": 0, "shed_ratio": 0, "routes": {}, "total": {}, "soak": g}, {"max_rss_growth": 0.05}
+    )
     assert not lt.rss_growth(flat[:3], warmup_s=0)["ok"]
 
 
 def test_tree_rss_counts_children() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50 << 20); time.sleep(30)"])
     try:
-        import psutil
         import time
+
+        import psutil
 
         for _ in range(100):  # wait until the child has touched its 50 MB
             if psutil.Process(child.pid).memory_info().rss > 40 << 20:
@@ -103,8 +122,10 @@ def test_tree_rss_counts_children() -> None:
 
 def test_compare_table_and_chart(tmp_path: Path) -> None:
     def run(route: str, rps: float, p: float) -> dict:
-        s = lt.summarize([dict(_entry(f"{route} small-jpeg", int(rps * 10), times={str(int(p)): 10}))],
-                         {f"{route} small-jpeg": {"ok": int(rps * 10)}})
+        s = lt.summarize(
+            [dict(_entry(f"{route} small-jpeg", int(rps * 10), times={str(int(p)): 10}))],
+            {f"{route} small-jpeg": {"ok": int(rps * 10)}},
+        )
         return s
 
     runs = {"bonn": [run("bonn", 30, 20), run("bonn", 32, 20)], "fp": [run("fp", 20, 30), run("fp", 16, 30)]}
@@ -123,17 +144,24 @@ def test_locustfile_model_discovery() -> None:
     src = (REPO / "loadtests" / "locustfile.py").read_text()
     start = src.index("def discover_fp_model")
     ns: dict = {}
-    exec(compile(src[start:src.index("\nclass ClassifyUser")], "locustfile", "exec"), ns)
+    exec(compile(src[start : src.index("\nclass ClassifyUser")], "locustfile", "exec"), ns)  # noqa: S102
     find = ns["discover_fp_model"]
-    models = {"default": "bonn-a", "models": [{"name": "bonn-a", "kind": "bonn", "backend": "bonn-xnor"},
-                                              {"name": "fp-a", "kind": "fp", "backend": "onnxruntime-fp32"}]}
+    models = {
+        "default": "bonn-a",
+        "models": [
+            {"name": "bonn-a", "kind": "bonn", "backend": "bonn-xnor"},
+            {"name": "fp-a", "kind": "fp", "backend": "onnxruntime-fp32"},
+        ],
+    }
     assert find(models) == "fp-a"
     assert find({"models": [{"name": "bonn-a", "kind": "bonn", "backend": "bonn-xnor"}]}) is None
 
 
 # ------------------------------------------------------------------------------------------- real run
-needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                                 reason="exporting a random test model needs torch (train extra)")
+needs_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None,
+    reason="exporting a random test model needs torch (train extra)",
+)
 needs_locust = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="needs the load extra")
 
 
@@ -142,18 +170,46 @@ needs_locust = pytest.mark.skipif(importlib.util.find_spec("locust") is None, re
 def test_short_loadtest_passes_ci_gates(tmp_path: Path) -> None:
     bonn, fp = lt.export_random_models(tmp_path / "models")
     out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "bonn_serve", "loadtest", "--bonn", str(bonn), "--fp", str(fp),
-           "--bentoml-home", str(tmp_path / "home"), "--profile", "ci", "--users", "4", "--spawn-rate", "4",
-           "--duration", "20", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180,
-                       env=lt.server_env(tmp_path / "home"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "bonn_serve",
+        "loadtest",
+        "--bonn",
+        str(bonn),
+        "--fp",
+        str(fp),
+        "--bentoml-home",
+        str(tmp_path / "home"),
+        "--profile",
+        "ci",
+        "--users",
+        "4",
+        "--spawn-rate",
+        "4",
+        "--duration",
+        "20",
+        "--out",
+        str(out),
+    ]
+    r = subprocess.run(
+        cmd,
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=lt.server_env(tmp_path / "home"),
+    )
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{(out / 'server.log').read_text()[-3000:]}"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["thresholds"]["passed"] and summary["failures"] == 0
     for route in ("bonn", "fp"):
         names = [n for n in summary["names"] if n.startswith(route + " ")]
-        assert {f"{route} {k}" for k in ("small-jpeg", "small-png", "raw-png", "large-jpeg-640x480",
-                                         "multi-4-jpeg")} <= set(names), names
+        assert {
+            f"{route} {k}"
+            for k in ("small-jpeg", "small-png", "raw-png", "large-jpeg-640x480", "multi-4-jpeg")
+        } <= set(names), names
         assert summary["routes"][route]["p99_ms"] is not None
     for suffix in ("_stats.csv", "_failures.csv", ".html", ".json"):
         assert (out / f"locust{suffix}").is_file(), suffix
@@ -168,11 +224,37 @@ def test_forced_shedding_is_counted_as_shed_not_failure(tmp_path: Path) -> None:
     the runner counts as shed, not as a failure, while the other requests keep passing."""
     bonn, fp = lt.export_random_models(tmp_path / "models")
     out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "bonn_serve", "loadtest", "--bonn", str(bonn), "--fp", str(fp),
-           "--bentoml-home", str(tmp_path / "home"), "--profile", "ci", "--users", "4", "--duration", "15",
-           "--server-env", "BONN_MAX_QUEUE=2", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180,
-                       env=lt.server_env(tmp_path / "home"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "bonn_serve",
+        "loadtest",
+        "--bonn",
+        str(bonn),
+        "--fp",
+        str(fp),
+        "--bentoml-home",
+        str(tmp_path / "home"),
+        "--profile",
+        "ci",
+        "--users",
+        "4",
+        "--duration",
+        "15",
+        "--server-env",
+        "BONN_MAX_QUEUE=2",
+        "--out",
+        str(out),
+    ]
+    r = subprocess.run(
+        cmd,
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=lt.server_env(tmp_path / "home"),
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failures"] == 0, summary["failures_by_kind"]
     multi = [n for n in summary["outcomes"] if "multi-4" in n]

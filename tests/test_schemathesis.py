@@ -12,12 +12,14 @@ from collections import Counter
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                                reason="exporting a random test model needs torch (train extra)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None,
+    reason="exporting a random test model needs torch (train extra)",
+)
 EXAMPLES = int(os.environ.get("BONN_SCHEMATHESIS_EXAMPLES", "15"))
 
 
@@ -28,8 +30,9 @@ def live_server(tmp_path_factory):
     d = tmp_path_factory.mktemp("schemathesis")
     bonn, fp = lt.export_random_models(d / "models")
     lt.register_models(d / "home", bonn, fp)
-    with lt.start_server(d / "home", d / "server.log", env_extra={"BONN_WORKERS": "1"},
-                         extra_args=["--no-register"]) as srv:
+    with lt.start_server(
+        d / "home", d / "server.log", env_extra={"BONN_WORKERS": "1"}, extra_args=["--no-register"]
+    ) as srv:
         yield srv
         assert lt.http_get(srv.url + "/livez")[0] == 200, "the server died under schemathesis"
 
@@ -53,8 +56,13 @@ def _fuzz_operation(operation, mode, examples: int) -> Counter:
     # so drive its hypothesis strategies directly: one strategy per operation and generation mode.
     statuses: Counter = Counter()
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-              database=None)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case) -> None:
         response = case.call(timeout=30)
@@ -99,4 +107,6 @@ def test_openapi_documents_the_api(live_document) -> None:
     """/docs.json must describe the public routes (clients and schemathesis rely on it)."""
     paths = live_document.get("paths", {})
     for path, method in (("/classify", "post"), ("/models", "get"), ("/compare", "get"), ("/readyz", "get")):
-        assert method in paths.get(path, {}), f"{method.upper()} {path} missing from /docs.json: {sorted(paths)}"
+        assert method in paths.get(path, {}), (
+            f"{method.upper()} {path} missing from /docs.json: {sorted(paths)}"
+        )

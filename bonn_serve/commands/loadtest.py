@@ -7,24 +7,44 @@ warm-up) and --compare (the same load on the BONN route and the FP route, table 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", help="URL of a running server (default: start one on a free loopback port)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get("LOADTEST_HOST") or None,
+        help="URL of a running server (env LOADTEST_HOST; default: start one on a free loopback port)",
+    )
     p.add_argument("--port", type=int, help="port for the server this command starts (default: a free one)")
-    p.add_argument("--bentoml-home", type=Path, help="model store for the started server (default: a temp dir, "
-                   "filled from models/ by `serve` or from --bonn/--fp)")
+    p.add_argument(
+        "--bentoml-home",
+        type=Path,
+        help="model store for the started server (default: a temp dir, "
+        "filled from models/ by `serve` or from --bonn/--fp)",
+    )
     p.add_argument("--bonn", type=Path, help="register this .bonn model before serving")
     p.add_argument("--fp", type=Path, help="with --bonn: its FP ONNX baseline")
-    p.add_argument("--users", type=int, default=8)
+    p.add_argument(
+        "--users", type=int, default=int(os.environ.get("LOADTEST_USERS", "8")), help="env LOADTEST_USERS"
+    )
     p.add_argument("--spawn-rate", type=float, default=4.0)
-    p.add_argument("--duration", type=int, default=60, help="seconds of load (per route and round in --compare)")
+    p.add_argument(
+        "--duration",
+        type=int,
+        default=int(os.environ.get("LOADTEST_DURATION", "60")),
+        help="seconds of load (per route and round in --compare; env LOADTEST_DURATION)",
+    )
     p.add_argument("--models", default="bonn,fp", help="routes to load: bonn, fp or both")
-    p.add_argument("--mix", choices=["full", "small"], default="full",
-                   help="full: small/large/multi-image/raw requests; small: single CIFAR-sized JPEGs")
+    p.add_argument(
+        "--mix",
+        choices=["full", "small"],
+        default="full",
+        help="full: small/large/multi-image/raw requests; small: single CIFAR-sized JPEGs",
+    )
     p.add_argument("--fp-model", help="registry name of the FP baseline (default: found via GET /models)")
     p.add_argument("--profile", help="thresholds profile (default: soak with --soak, else default)")
     p.add_argument("--thresholds", type=Path, help="thresholds file (default: loadtests/thresholds.yaml)")
@@ -35,8 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action="store_true", help="BONN vs FP side-by-side (table + PNG)")
     p.add_argument("--rounds", type=int, default=2, help="--compare: alternating rounds per route")
     p.add_argument("--chart", type=Path, help="--compare: PNG path (default: OUT/loadtest_bonn_vs_fp.png)")
-    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the started server (repeatable)")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the started server (repeatable)",
+    )
     p.add_argument("--client-timeout", type=float, default=30.0, help="per-request client timeout (s)")
 
 
@@ -52,13 +77,32 @@ def run(args: argparse.Namespace) -> int:
             return 2
         env[key] = value
     opts = lt.RunOptions(
-        out_dir=out, profile=args.profile or ("soak" if args.soak else "default"), thresholds=args.thresholds,
-        host=args.host, bentoml_home=args.bentoml_home, port=args.port, bonn=args.bonn, fp=args.fp,
-        server_env=env, soak=args.soak, soak_warmup_s=args.warmup, compare=args.compare, rounds=args.rounds,
+        out_dir=out,
+        profile=args.profile or ("soak" if args.soak else "default"),
+        thresholds=args.thresholds,
+        host=args.host,
+        bentoml_home=args.bentoml_home,
+        port=args.port,
+        bonn=args.bonn,
+        fp=args.fp,
+        server_env=env,
+        soak=args.soak,
+        soak_warmup_s=args.warmup,
+        compare=args.compare,
+        rounds=args.rounds,
         chart=args.chart,
-        locust=lt.LocustConfig(host="", users=args.users, spawn_rate=args.spawn_rate, duration_s=args.duration,
-                               models=args.models, mix=args.mix, fp_model=args.fp_model,
-                               locustfile=args.locustfile, client_timeout_s=args.client_timeout))
+        locust=lt.LocustConfig(
+            host="",
+            users=args.users,
+            spawn_rate=args.spawn_rate,
+            duration_s=args.duration,
+            models=args.models,
+            mix=args.mix,
+            fp_model=args.fp_model,
+            locustfile=args.locustfile,
+            client_timeout_s=args.client_timeout,
+        ),
+    )
     try:
         summary, broken = lt.execute(opts)
     except (RuntimeError, TimeoutError, FileNotFoundError, KeyError, ValueError) as e:
