@@ -119,10 +119,18 @@ def build_app(
     With `base_openapi` (BentoML's spec as a dict) also /docs.json with our routes merged in; BentoML adds
     its own /docs.json after mounted apps, so this one answers."""
 
+    in_flight = 0  # /classify requests being served by this worker (one event loop: no lock needed)
+
     async def classify(request: Request) -> Response:
+        nonlocal in_flight
         started = time.perf_counter()
+        clf = get_classifier()
+        if in_flight >= clf.settings.max_concurrency:
+            # Shed here, with our 503 contract, before BentoML's own limiter would answer a bare 429.
+            return error_response("overloaded", f"{in_flight} requests in flight; the limit is "
+                                  f"{clf.settings.max_concurrency}", 503, {"Retry-After": "1"})
+        in_flight += 1
         try:
-            clf = get_classifier()
             body = await read_body(request, clf.settings.max_body_bytes)
             blobs, params = await parse_images(request, body, clf.settings.max_images)
             result = await clf.classify(blobs, params.get("model"), params.get("top_k"), started=started)
@@ -134,6 +142,8 @@ def build_app(
         except Exception:
             logger.exception("classify failed")
             return error_response("internal", "an unexpected error occurred; see the server log", 500)
+        finally:
+            in_flight -= 1
 
     async def models(request: Request) -> Response:
         clf = get_classifier()

@@ -44,7 +44,9 @@ http_app = build_app(
     name="bonn_classifier",
     workers=SETTINGS.workers,
     resources={"cpu": str(SETTINGS.workers * SETTINGS.threads)},
-    traffic={"timeout": 60, "max_concurrency": SETTINGS.max_concurrency},
+    # BentoML's limiter answers a bare 429; ours (http_api.classify) sheds /classify with 503 + Retry-After
+    # first, so BentoML's is only a backstop for the other routes.
+    traffic={"timeout": 60, "max_concurrency": SETTINGS.max_concurrency * 4},
 )
 class BonnClassifier:
     def __init__(self) -> None:
