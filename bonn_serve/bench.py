@@ -36,6 +36,7 @@ class BenchConfig:
     layer_repeats: int = 11
     out_dir: Path = Path("out/bench")
     seed: int = 0
+    gap_s: float = 0.005  # idle time before each timed call (lets other backends' spinning threads settle)
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -117,14 +118,19 @@ def ort_session(path: Path, threads: int):
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def time_interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict[str, dict[str, float]]:
-    """Median / min / max ms per function; each round calls every function once."""
+def time_interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int,
+                     gap_s: float = 0.005) -> dict[str, dict[str, float]]:
+    """Median / min / max ms per function; each round calls every function once.
+
+    A short idle gap follows every call: thread pools spin for a while after a job (ORT's intra-op threads
+    for milliseconds), and without the gap the next backend would start on cores still busy spinning."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(runs):
         for name, fn in fns.items():
+            time.sleep(gap_s)
             t0 = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - t0) * 1e3)
@@ -143,7 +149,7 @@ def bench_latency(m: ArchModels, cfg: BenchConfig, log: Callable[[str], None]) -
                 "engine": lambda: engine.predict(x),
                 "ort_fp32": lambda: fp32.run(None, {"input": x}),
                 "ort_int8": lambda: int8.run(None, {"input": x}),
-            }, cfg.runs, cfg.warmup)
+            }, cfg.runs, cfg.warmup, cfg.gap_s)
             row = {"arch": m.arch, "threads": threads, "batch": batch, "input": [batch, 3, m.size, m.size], **{
                 f"{k}_{stat}": v[stat] for k, v in res.items() for stat in ("median_ms", "min_ms", "max_ms")}}
             row["speedup_vs_fp32"] = row["ort_fp32_median_ms"] / row["engine_median_ms"]

@@ -17,6 +17,7 @@ namespace {
 constexpr int kVec = 16;       // output channels per packed weight block (one zmm, two ymm)
 constexpr int kCoChunk = 64;   // output channels per parallel task
 constexpr int kPixGroup = 48;  // output pixels per parallel task (8 blocks of 6)
+constexpr int64_t kMinMacsPerThread = 1 << 20;  // ~12 us of FMA work on one core
 
 bool cpu_has(FloatIsa isa) {
   switch (isa) {
@@ -112,8 +113,12 @@ void FloatConv2d::run_padded(const float* in, int N, int Hp, int Wp, float* out,
       }
     }
   };
+  // Small convs (WRN at batch 1) stay on one thread: splitting ~10 us of work costs more in cross-core sync,
+  // and far more when the machine is busy and a worker waits for a core.
+  const int64_t task_macs = int64_t(std::min(group, npix)) * std::min(Co_, kCoChunk) * K_ * K_ * Ci_;
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / std::max<int64_t>(1, task_macs));
   // std::cref: std::function keeps a reference_wrapper inline, so dispatch allocates nothing.
-  pool.parallel_for(tasks, std::cref(body));
+  pool.parallel_for(tasks, std::cref(body), grain);
 }
 
 void conv2d_reference(const float* in, int N, int H, int W, int Ci, const float* w, const float* bias, int Co,

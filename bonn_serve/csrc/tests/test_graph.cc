@@ -76,6 +76,7 @@ TEST_CASE(fconv_matches_reference_on_every_isa) {
       {2, 5, 5, 1, 1, 5, 1, 2, false},
       {1, 7, 19, 8, 16, 3, 1, 0, true},  // no padding, ow tails
       {2, 9, 50, 3, 20, 3, 1, 1, true},  // wide map: tasks are whole rows (50 = 8 blocks of 6 + 2)
+      {2, 30, 29, 16, 70, 3, 1, 1, false},  // big enough (~17 M MACs) to be split across threads
   };
   std::mt19937 rng(7);
   for (const ConvCase& c : cases) {
