@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cross-compile the kernel tests for aarch64 (aarch64-linux-gnu-g++) and run them under qemu-user, once per
 # aarch64 popcount path (neon, portable).
-# Usage: scripts/test_aarch64.sh [test-name-substring ...]   (default: the kernel tests: bconv pack threadpool)
+# Usage: scripts/test_aarch64.sh [test-name-substring ...]   (default: the kernel and graph tests)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD="$ROOT/build/cpp-tests-aarch64"
@@ -9,7 +9,7 @@ SYSROOT=/usr/aarch64-linux-gnu
 command -v aarch64-linux-gnu-g++ >/dev/null || { echo "aarch64-linux-gnu-g++ not found"; exit 2; }
 command -v qemu-aarch64 >/dev/null || { echo "qemu-aarch64 not found"; exit 2; }
 FILTERS=("$@")
-[ ${#FILTERS[@]} -eq 0 ] && FILTERS=(bconv pack threadpool)
+[ ${#FILTERS[@]} -eq 0 ] && FILTERS=(bconv pack threadpool fconv maxpool elementwise graph)
 
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
   -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ -DCMAKE_FIND_ROOT_PATH="$SYSROOT" \

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+STAGES = {"wrn22-16": "WRN-22, stages 16-16-32-64", "wrn22-64": "WRN-22, stages 64-64-128-256"}
 PAPER = {"bonn": 87.34, "binary": 84.97, "fp": 91.66}  # ICCV Table 3 / book Table 3.4, WRN-22 16-16-32-64
 
 
@@ -59,7 +60,7 @@ def render_md(card: dict[str, Any]) -> str:
     lines = [
         f"# {card['name']}",
         "",
-        f"- **Model**: {card['method']}, arch `{card['arch']}` (WRN-22, stages 16-16-32-64)",
+        f"- **Model**: {card['method']}, arch `{card['arch']}` ({STAGES.get(card['arch'], '')})",
         f"- **File**: `{card['file']}`, {card['bytes']:,} bytes, sha256 `{card['sha256']}`",
         f"- **Data**: CIFAR-10, {card['data']['train_images']:,} training images; evaluated on the "
         f"{acc['n']:,} {card['data']['split_evaluated']} images",
@@ -69,9 +70,9 @@ def render_md(card: dict[str, Any]) -> str:
         f"- **Paper** (200 epochs, GPU): {card['paper_cifar10_top1_200_epochs']:.2f}%",
         f"- **Training**: {tr['epochs']} epochs ({tr['steps']} steps), {cfg['optimizer'].upper()} "
         f"lr {cfg['lr']} cosine to 0, momentum {cfg['momentum']}, batch {cfg['batch_size']}, "
-        f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}; "
-        f"lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']}"
-        f" (feature loss in the last {100 * cfg['feature_fraction']:.0f}% of epochs)",
+        f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}"
+        + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']} (feature loss in the last "
+           f"{100 * cfg['feature_fraction']:.0f}% of epochs)" if card["binary"] else ""),
         f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on a shared 2-core CPU "
         "(three runs concurrently, 1 thread each)",
         "",
