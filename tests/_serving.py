@@ -6,15 +6,19 @@ import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
+
+from bonn_serve import loadtest
 
 REPO = Path(__file__).resolve().parents[1]
 BONN_NAME, FP_NAME = "bonn-wrn22-16", "fp-wrn22-16"
@@ -23,28 +27,8 @@ BONN_NAME, FP_NAME = "bonn-wrn22-16", "fp-wrn22-16"
 def export_random_models(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     """A random wrn22-16 BONN (.bonn) and its FP baseline (.onnx), through the real exporter (needs torch)."""
     pytest.importorskip("torch")
-    bonn, fp = out_dir / f"{BONN_NAME}.bonn", out_dir / f"{FP_NAME}.onnx"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bonn_serve",
-            "export",
-            "--arch",
-            "wrn22-16",
-            "--random",
-            "--seed",
-            str(seed),
-            "--out",
-            str(bonn),
-            "--onnx-fp",
-            str(fp),
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-        timeout=300,
-    )
+    bonn, fp = loadtest.export_random_models(out_dir, seed=seed, arch="wrn22-16")
+    assert (bonn.stem, fp.stem) == (BONN_NAME, FP_NAME)
     return bonn, fp
 
 
@@ -139,6 +123,19 @@ def encode(arr: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return buf.getvalue()
+
+
+def png_header_only(w: int, h: int) -> bytes:
+    """A PNG that declares w x h but carries no pixel data: exercises the header-only size checks."""
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def synthetic_images(n: int, seed: int = 0) -> list[np.ndarray]:

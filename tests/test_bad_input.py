@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
 import threading
-import zlib
 
 import numpy as np
 import pytest
 import requests
-from _serving import BONN_NAME, Server, encode, export_random_models, synthetic_images
+from _serving import BONN_NAME, Server, encode, export_random_models, png_header_only, synthetic_images
 from PIL import Image
 
 MAX_BODY = 1 << 20  # a smaller body limit than the default 8 MiB keeps the test quick
@@ -40,18 +38,6 @@ def server(models, tmp_path_factory):
     ).start()
     yield srv
     srv.stop()
-
-
-def png_header_only(w: int, h: int) -> bytes:
-    def chunk(t: bytes, d: bytes) -> bytes:
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
-
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
 
 
 def real_bomb_png() -> bytes:

@@ -38,19 +38,22 @@ async def wait_started(engine: FakeEngine) -> None:
         await asyncio.sleep(0.005)
 
 
+async def submit_behind_held_call(b: MicroBatcher, engine: FakeEngine, first: np.ndarray, rest: list) -> list:
+    """Submit `first`, wait until the held engine is running it, queue `rest` behind it, then release."""
+    head = asyncio.create_task(b.submit(first))
+    await wait_started(engine)
+    tail = [asyncio.create_task(b.submit(x)) for x in rest]
+    await asyncio.sleep(0.05)
+    engine.gate.set()
+    return await asyncio.gather(head, *tail)
+
+
 def test_requests_queued_during_an_engine_call_form_one_batch():
     engine = FakeEngine(hold=True)
     b = MicroBatcher(engine, max_batch=32)
 
-    async def run():
-        first = asyncio.create_task(b.submit(images(1, 1)))
-        await wait_started(engine)
-        rest = [asyncio.create_task(b.submit(images(1, v))) for v in (2, 3, 4, 5)]
-        await asyncio.sleep(0.05)
-        engine.gate.set()
-        return await asyncio.gather(first, *rest)
-
-    results = asyncio.run(run())
+    rest = [images(1, v) for v in (2, 3, 4, 5)]
+    results = asyncio.run(submit_behind_held_call(b, engine, images(1, 1), rest))
     b.close()
     assert engine.batches == [1, 4]
     assert [float(r.logits[0, 0]) for r in results] == [4.0, 8.0, 12.0, 16.0, 20.0]
@@ -61,15 +64,8 @@ def test_max_batch_is_respected_and_rows_routed():
     engine = FakeEngine(hold=True)
     b = MicroBatcher(engine, max_batch=4)
 
-    async def run():
-        first = asyncio.create_task(b.submit(images(1, 0)))
-        await wait_started(engine)
-        rest = [asyncio.create_task(b.submit(images(n, v))) for n, v in ((2, 1), (2, 2), (3, 3), (1, 4))]
-        await asyncio.sleep(0.05)
-        engine.gate.set()
-        return await asyncio.gather(first, *rest)
-
-    results = asyncio.run(run())
+    rest = [images(n, v) for n, v in ((2, 1), (2, 2), (3, 3), (1, 4))]
+    results = asyncio.run(submit_behind_held_call(b, engine, images(1, 0), rest))
     b.close()
     assert engine.batches == [1, 4, 4]  # (2+2), then (3+1): a request's images are never split
     assert all(max(engine.batches) <= 4 for _ in engine.batches)

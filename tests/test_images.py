@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
+from _serving import png_header_only
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -27,18 +27,6 @@ def gradient(w: int = 24, h: int = 16) -> Image.Image:
     x[..., 1] = np.linspace(0, 255, h)[:, None]
     x[..., 2] = 90
     return Image.fromarray(x, "RGB")
-
-
-def png_header_only(w: int, h: int) -> bytes:
-    def chunk(t: bytes, d: bytes) -> bytes:
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
-
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
 
 
 def expect_error(data: bytes, code: str, status: int = 400, limits: DecodeLimits | None = None) -> ImageError:

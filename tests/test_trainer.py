@@ -219,3 +219,20 @@ def test_shipped_configs_are_valid():
             assert cfg["binary"] and cfg["lam"] == 0 and cfg["theta"] == 0
         if cfg["name"].startswith("fp_"):
             assert not cfg["binary"]
+
+
+@needs_mini
+def test_adam_variant_trains_and_resumes_exactly(tmp_path):
+    torch.set_num_threads(1)
+    cfg = small_cfg(optimizer="adam", lr=2e-3, limit_train=64, epochs=2)
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(progress=False)
+    assert isinstance(a.optimizer, torch.optim.AdamW)
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    b.fit(epochs=1, progress=False)
+    c = Trainer(cfg, str(DATA), tmp_path / "b")
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    c.fit(progress=False)
+    pa, pc = _params(a), _params(c)
+    assert all(torch.equal(pa[k], pc[k]) for k in pa)
+    assert all(np.isfinite(r["train_ce"]) for r in _epoch_records(tmp_path / "a"))
