@@ -192,7 +192,7 @@ def _read_tensors(header: dict, payload: memoryview) -> dict[str, np.ndarray]:
         # copy: the engine keeps its own aligned copies anyway, and the file buffer can be freed.
         tensors[name] = np.frombuffer(data, dtype=dt).reshape(shape).copy()
     spans.sort()
-    for (a0, a1, an), (b0, _, bn) in zip(spans, spans[1:]):
+    for (_, a1, an), (b0, _, bn) in zip(spans, spans[1:]):
         if b0 < a1:
             raise BonnFormatError(f"tensors {an!r} and {bn!r} overlap")
     return tensors

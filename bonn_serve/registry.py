@@ -256,6 +256,16 @@ def _find_same(name: str, sha: str, card_sha: str) -> ModelEntry | None:
     return None
 
 
+def metadata_safe(value: Any) -> Any:
+    """BentoML metadata accepts only str/int/float/bool/lists/dicts, not None (cards have nulls, e.g. an
+    unset config option): drop None entries recursively. The card itself is stored verbatim as card.json."""
+    if isinstance(value, dict):
+        return {str(k): metadata_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [metadata_safe(v) for v in value if v is not None]
+    return value
+
+
 def register_file(
     path: Path, kind: str, card: dict[str, Any], name: str, labels: dict[str, str], metadata: dict[str, Any]
 ) -> tuple[ModelEntry, bool]:
@@ -278,7 +288,7 @@ def register_file(
         **metadata,
     }
     all_labels = {"project": PROJECT_LABEL, "kind": kind, **{k: str(v) for k, v in labels.items()}}
-    with bentoml.models.create(name, labels=all_labels, metadata=md) as m:
+    with bentoml.models.create(name, labels=all_labels, metadata=metadata_safe(md)) as m:
         dst = Path(m.path_of(fname))
         dst.write_bytes(path.read_bytes())
         Path(m.path_of("card.json")).write_text(json.dumps(card, indent=1), encoding="utf-8")

@@ -127,6 +127,7 @@ def encode(arr: np.ndarray, fmt: str) -> bytes:
 
 def png_header_only(w: int, h: int) -> bytes:
     """A PNG that declares w x h but carries no pixel data: exercises the header-only size checks."""
+
     def chunk(t: bytes, d: bytes) -> bytes:
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
 

@@ -50,7 +50,7 @@ def test_bonn_round_trip(wrn):
                                   np.where(conv.weight.detach().permute(0, 2, 3, 1).numpy() >= 0, 1.0, -1.0))
     assert pm.tensors[op["tensors"]["alpha"]][0] == pytest.approx(float(conv.recon.mean()))
     assert op["inputs"][1] == "stages.1.0.shortcut"  # stride-2 block has a 1x1 conv + BN shortcut
-    scale, shift = bn_affine(model.stages[1][0].bn)
+    scale, _ = bn_affine(model.stages[1][0].bn)
     np.testing.assert_array_equal(pm.tensors[op["tensors"]["bn_scale"]], scale.detach().numpy())
 
 

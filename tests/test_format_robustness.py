@@ -240,7 +240,7 @@ def _fuzz(seed: int, cases: int, workdir: Path) -> str:
         accepted += 1
     values = [0, 1, 2, 3, -1, 7, 64, 65, 1 << 20, 1 << 33, True, None, "x", [1], 0.5]
     native_rejected = native_ran = 0
-    for i in range(cases):
+    for _ in range(cases):
         header = copy.deepcopy(model.header)
         ops = header["graph"]["ops"]
         op = ops[int(rng.integers(0, len(ops)))]

@@ -165,33 +165,12 @@ needs_torch = pytest.mark.skipif(
 needs_locust = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="needs the load extra")
 
 
-@needs_torch
-@needs_locust
-def test_short_loadtest_passes_ci_gates(tmp_path: Path) -> None:
+def run_loadtest_cli(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`bonn-serve loadtest --profile ci` on freshly exported random models; returns (process, report dir)."""
     bonn, fp = lt.export_random_models(tmp_path / "models")
     out = tmp_path / "report"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bonn_serve",
-        "loadtest",
-        "--bonn",
-        str(bonn),
-        "--fp",
-        str(fp),
-        "--bentoml-home",
-        str(tmp_path / "home"),
-        "--profile",
-        "ci",
-        "--users",
-        "4",
-        "--spawn-rate",
-        "4",
-        "--duration",
-        "20",
-        "--out",
-        str(out),
-    ]
+    cmd = [sys.executable, "-m", "bonn_serve", "loadtest", "--bonn", str(bonn), "--fp", str(fp)]
+    cmd += ["--bentoml-home", str(tmp_path / "home"), "--profile", "ci", *extra, "--out", str(out)]
     r = subprocess.run(
         cmd,
         check=False,
@@ -201,6 +180,13 @@ def test_short_loadtest_passes_ci_gates(tmp_path: Path) -> None:
         timeout=180,
         env=lt.server_env(tmp_path / "home"),
     )
+    return r, out
+
+
+@needs_torch
+@needs_locust
+def test_short_loadtest_passes_ci_gates(tmp_path: Path) -> None:
+    r, out = run_loadtest_cli(tmp_path, "--users", "4", "--spawn-rate", "4", "--duration", "20")
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{(out / 'server.log').read_text()[-3000:]}"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["thresholds"]["passed"] and summary["failures"] == 0
@@ -222,38 +208,8 @@ def test_short_loadtest_passes_ci_gates(tmp_path: Path) -> None:
 def test_forced_shedding_is_counted_as_shed_not_failure(tmp_path: Path) -> None:
     """BONN_MAX_QUEUE=2 makes every 4-image request overflow the queue: each must come back as a 503 that
     the runner counts as shed, not as a failure, while the other requests keep passing."""
-    bonn, fp = lt.export_random_models(tmp_path / "models")
-    out = tmp_path / "report"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bonn_serve",
-        "loadtest",
-        "--bonn",
-        str(bonn),
-        "--fp",
-        str(fp),
-        "--bentoml-home",
-        str(tmp_path / "home"),
-        "--profile",
-        "ci",
-        "--users",
-        "4",
-        "--duration",
-        "15",
-        "--server-env",
-        "BONN_MAX_QUEUE=2",
-        "--out",
-        str(out),
-    ]
-    r = subprocess.run(
-        cmd,
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=lt.server_env(tmp_path / "home"),
+    r, out = run_loadtest_cli(
+        tmp_path, "--users", "4", "--duration", "15", "--server-env", "BONN_MAX_QUEUE=2"
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failures"] == 0, summary["failures_by_kind"]

@@ -51,7 +51,7 @@ def _closed_form(layer, mu, sigma, lam, nu):
 
 
 def test_kernel_loss_gradients_match_paper_eqs_13_16_17_18():
-    net, loss = _kernel_setup()
+    _, loss = _kernel_setup()
     loss().backward()
     for layer, mu, sigma in zip(loss.layers, loss.mu, loss.sigma):
         gX, gw, gmu, gsg = _closed_form(layer, mu, sigma, 0.3, 0.7)
@@ -62,7 +62,7 @@ def test_kernel_loss_gradients_match_paper_eqs_13_16_17_18():
 
 
 def test_kernel_loss_closed_form_weight_gradient_and_value():
-    net, loss = _kernel_setup(1)
+    _, loss = _kernel_setup(1)
     for g, (layer, mu, sigma) in zip(loss.grad_wrt_weights(), zip(loss.layers, loss.mu, loss.sigma)):
         torch.testing.assert_close(g, _closed_form(layer, mu, sigma, 0.3, 0.7)[0], rtol=1e-10, atol=1e-14)
     # value(): the paper's sum form with log det Psi = K log sigma^2

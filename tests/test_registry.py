@@ -221,3 +221,25 @@ def test_cli_serve_refuses_tampered_store_and_bad_settings(tmp_path, workdir):
     stored.write_bytes(bytes(data))
     out = cli("serve", "--no-register", "--port", "1", home=home)
     assert out.returncode == 1 and "does not match its registered sha256" in out.stderr
+
+
+def test_cards_with_nulls_register(store, workdir):
+    """Real training cards carry nulls (e.g. an unset config option); BentoML metadata rejects None, so the
+    registry drops them from metadata and keeps the card verbatim in card.json."""
+    card = {"name": BONN_NAME, "accuracy": 0.5, "training": {"config": {"limit_train": None, "lr": 0.1}},
+            "per_class": [0.5, None]}
+    (workdir / f"{BONN_NAME}.card.json").write_text(json.dumps(card))
+    (workdir / f"{FP_NAME}.card.json").write_text(json.dumps({"name": FP_NAME, "notes": None}))
+    results = registry.register(workdir / f"{BONN_NAME}.bonn", fp=workdir / f"{FP_NAME}.onnx")
+    bonn = results[0][0]
+    assert bonn.metadata["card"]["training"]["config"] == {"lr": 0.1}
+    assert json.loads((bonn.path.parent / "card.json").read_text())["training"]["config"]["limit_train"] is None
+
+
+def test_shipped_models_register(store, tmp_path):
+    """The models/ directory as shipped registers cleanly (what `bonn-serve serve` does on first use)."""
+    shipped = REPO / "models"
+    if not any(shipped.glob("*.bonn")):
+        pytest.skip("no shipped models")
+    names = {e.name for e, _ in registry.register_dir(shipped)}
+    assert any(n.startswith("bonn-") for n in names) and any(n.startswith("fp-") for n in names)
