@@ -69,12 +69,14 @@ def render_md(card: dict[str, Any]) -> str:
         f"(`bonn-serve eval`); PyTorch after the last epoch: {100 * acc['torch_test_top1_last_epoch']:.2f}%",
         f"- **Paper** (200 epochs, GPU): {card['paper_cifar10_top1_200_epochs']:.2f}%",
         f"- **Training**: {tr['epochs']} epochs ({tr['steps']} steps), {cfg['optimizer'].upper()} "
-        f"lr {cfg['lr']} cosine to 0, momentum {cfg['momentum']}, batch {cfg['batch_size']}, "
+        f"lr {cfg['lr']} cosine to 0, "
+        + (f"momentum {cfg['momentum']}, " if cfg["optimizer"] == "sgd" else "")
+        + f"batch {cfg['batch_size']}, "
         f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}"
         + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']} (feature loss in the last "
            f"{100 * cfg['feature_fraction']:.0f}% of epochs)" if card["binary"] else ""),
         f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on a shared 2-core CPU "
-        "(three runs concurrently, 1 thread each)",
+        "(runs trained concurrently, 1 thread each)",
         "",
         "Short schedule: far fewer epochs than the paper's 200, so the accuracy is not comparable to the "
         "paper's number; see docs/results.md and docs/method.md.",
