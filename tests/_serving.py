@@ -152,7 +152,9 @@ def synthetic_images(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def cifar_images(n: int) -> list[np.ndarray] | None:
-    path = Path(os.environ.get("BONN_DATA", "/work/shared/data")) / "cifar10" / "cifar10_mini.npz"
+    from _data import CIFAR_DIR
+
+    path = CIFAR_DIR / "cifar10_mini.npz"
     if not path.is_file():
         return None
     with np.load(path) as d:

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-DATA = Path("/work/shared/data/cifar10")
+from _data import CIFAR_DIR as DATA  # noqa: E402
 pytestmark = pytest.mark.skipif(not (DATA / "cifar10_mini.npz").exists(), reason="no cifar10_mini.npz")
 
 

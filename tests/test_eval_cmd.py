@@ -13,7 +13,7 @@ from bonn_serve.cli import main
 from bonn_serve.commands.eval import normalize
 from bonn_serve.datasets import load_cifar10
 
-DATA = Path("/work/shared/data/cifar10")
+from _data import CIFAR_DIR as DATA  # noqa: E402
 pytestmark = pytest.mark.skipif(not (DATA / "cifar10_mini.npz").exists(), reason="no cifar10_mini.npz")
 
 
@@ -80,3 +80,19 @@ def test_eval_errors_are_clean(tmp_path, capsys):
     (tmp_path / "m.bonn").write_bytes(b"junk")
     assert main(["eval", str(tmp_path / "m.bonn"), "--data-dir", str(tmp_path)]) == 2
     assert "no cifar10" in capsys.readouterr().err
+
+
+def test_shipped_bonn_accuracy_matches_its_card(tmp_path):
+    """`bonn-serve eval` through the engine on the 10,000 test images reproduces the card's accuracy (±0.1)."""
+    model = Path(__file__).resolve().parents[1] / "models" / "bonn-wrn22-16.bonn"
+    card = model.with_name("bonn-wrn22-16.card.json")
+    if not (model.exists() and card.exists() and (DATA / "cifar10_test.npz").exists()):
+        pytest.skip("needs the shipped model, its card and the full CIFAR-10 test split")
+    if not _engine_available():
+        pytest.skip("engine extension not built")
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(model), "--data-dir", str(DATA), "--split", "test", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    stated = json.loads(card.read_text())["accuracy"]["test_top1"]
+    assert got["n"] == 10000
+    assert abs(100 * got["accuracy"] - 100 * stated) <= 0.1

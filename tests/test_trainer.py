@@ -14,7 +14,7 @@ from bonn_serve.datasets import DatasetError, load_cifar10
 from training.data import augment, load_split, train_batches
 from training.trainer import Trainer, cosine_factor, make_config
 
-DATA = Path("/work/shared/data/cifar10")
+from _data import CIFAR_DIR as DATA  # noqa: E402
 MINI = DATA / "cifar10_mini.npz"
 needs_mini = pytest.mark.skipif(not MINI.exists(), reason="cifar10_mini.npz not available")
 
