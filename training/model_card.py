@@ -43,6 +43,9 @@ def build_card(run: Path, model: Path, eval_json: Path) -> dict[str, Any]:
                  else cfg["limit_train"], "test_images": ev["n"], "split_evaluated": ev["split"],
                  "source": "/work/shared/data/cifar10 (JPEG q75 re-encoded copy, see its manifest.json)"},
         "training": {"epochs": last["epoch"], "steps": last["step"], "config": cfg,
+                     # epochs at which the cosine reached 0: more than one means the run was continued with
+                     # `--resume --epochs N`, which re-enters a longer cosine (docs/method.md)
+                     "cosine_ends": [r["epoch"] for r in epochs if r.get("lr_end", 1.0) <= 1e-12],
                      "epoch_time_s_median": sorted(r["epoch_time_s"] for r in epochs)[len(epochs) // 2]},
         "accuracy": {"test_top1": ev["accuracy"], "measured_with": ev["runtime"],
                      "correct": ev["correct"], "n": ev["n"],
@@ -51,6 +54,13 @@ def build_card(run: Path, model: Path, eval_json: Path) -> dict[str, Any]:
         "paper_cifar10_top1_200_epochs": PAPER[kind],
         "latent_weight_bimodality_bc": last.get("bc_mean"),
     }
+
+
+def _schedule(ends: list[int], epochs: int) -> str:
+    if len(ends) <= 1:
+        return "cosine to 0"
+    return (f"cosine to 0 at epoch {ends[0]}, then continued (`--resume --epochs {epochs}`) on the longer "
+            f"cosine, which restarts at the lr it has at epoch {ends[0]} and reaches 0 at epoch {epochs}")
 
 
 def render_md(card: dict[str, Any]) -> str:
@@ -69,14 +79,14 @@ def render_md(card: dict[str, Any]) -> str:
         f"(`bonn-serve eval`); PyTorch after the last epoch: {100 * acc['torch_test_top1_last_epoch']:.2f}%",
         f"- **Paper** (200 epochs, GPU): {card['paper_cifar10_top1_200_epochs']:.2f}%",
         f"- **Training**: {tr['epochs']} epochs ({tr['steps']} steps), {cfg['optimizer'].upper()} "
-        f"lr {cfg['lr']} cosine to 0, "
+        f"lr {cfg['lr']} {_schedule(tr.get('cosine_ends', []), tr['epochs'])}, "
         + (f"momentum {cfg['momentum']}, " if cfg["optimizer"] == "sgd" else "")
         + f"batch {cfg['batch_size']}, "
         f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}"
         + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']} (feature loss in the last "
            f"{100 * cfg['feature_fraction']:.0f}% of epochs)" if card["binary"] else ""),
-        f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on a shared 2-core CPU "
-        "(runs trained concurrently, 1 thread each)",
+        f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on a 2-core CPU, "
+        f"{cfg.get('threads', 1)} torch thread(s)" + (", torch.compile" if cfg.get("compile") else ""),
         "",
         "Short schedule: far fewer epochs than the paper's 200, so the accuracy is not comparable to the "
         "paper's number; see docs/results.md and docs/method.md.",
