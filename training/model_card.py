@@ -46,6 +46,7 @@ def build_card(run: Path, model: Path, eval_json: Path) -> dict[str, Any]:
                      # epochs at which the cosine reached 0: more than one means the run was continued with
                      # `--resume --epochs N`, which re-enters a longer cosine (docs/method.md)
                      "cosine_ends": [r["epoch"] for r in epochs if r.get("lr_end", 1.0) <= 1e-12],
+                     "feature_loss_epochs": [r["epoch"] for r in epochs if r.get("feature_on")],
                      "epoch_time_s_median": sorted(r["epoch_time_s"] for r in epochs)[len(epochs) // 2]},
         "accuracy": {"test_top1": ev["accuracy"], "measured_with": ev["runtime"],
                      "correct": ev["correct"], "n": ev["n"],
@@ -54,6 +55,17 @@ def build_card(run: Path, model: Path, eval_json: Path) -> dict[str, Any]:
         "paper_cifar10_top1_200_epochs": PAPER[kind],
         "latent_weight_bimodality_bc": last.get("bc_mean"),
     }
+
+
+def _ranges(epochs: list[int]) -> str:
+    """[9, 10, 23, 24, 25] -> '9-10, 23-25'"""
+    out: list[list[int]] = []
+    for e in epochs:
+        if out and e == out[-1][1] + 1:
+            out[-1][1] = e
+        else:
+            out.append([e, e])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out) or "none"
 
 
 def _schedule(ends: list[int], epochs: int) -> str:
@@ -84,7 +96,8 @@ def render_md(card: dict[str, Any]) -> str:
         + f"batch {cfg['batch_size']}, "
         f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}"
         + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']} (feature loss in the last "
-           f"{100 * cfg['feature_fraction']:.0f}% of epochs)" if card["binary"] else ""),
+           f"{100 * cfg['feature_fraction']:.0f}% of each cosine: epochs "
+           f"{_ranges(tr.get('feature_loss_epochs', []))})" if card["binary"] else ""),
         f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on a 2-core CPU, "
         f"{cfg.get('threads', 1)} torch thread(s)" + (", torch.compile" if cfg.get("compile") else ""),
         "",
