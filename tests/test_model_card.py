@@ -1,0 +1,50 @@
+"""Model cards are built from the run's own logs and the engine/onnxruntime evaluation of the shipped file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from training.model_card import build_card, render_md
+from training.trainer import make_config
+
+
+def _fake_run(tmp_path, lr_ends, feature_on):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = make_config(dict(name="bonn_x", optimizer="adam", lr=2e-3, epochs=len(lr_ends)))
+    (run / "config.json").write_text(json.dumps(cfg))
+    recs = [{"kind": "init", "epoch": 0, "test_acc": 0.1}]
+    for i, (lr_end, fon) in enumerate(zip(lr_ends, feature_on), start=1):
+        recs.append({"kind": "epoch", "epoch": i, "step": 10 * i, "epoch_time_s": 60.0 + i, "lr_end": lr_end,
+                     "feature_on": fon, "test_acc": 0.5 + i / 100, "bc_mean": 0.36})
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    model = tmp_path / "m.bonn"
+    model.write_bytes(b"packed model bytes")
+    ev = {"sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "accuracy": 0.5432, "runtime": "engine",
+          "correct": 5432, "n": 10000, "split": "test", "per_class_accuracy": [0.5] * 10}
+    (tmp_path / "eval.json").write_text(json.dumps(ev))
+    return run, model, tmp_path / "eval.json"
+
+
+def test_card_records_a_continued_schedule_and_feature_epochs(tmp_path):
+    # 4-epoch cosine, then continued to 6: the lr reaches 0 at epochs 4 and 6
+    run, model, ev = _fake_run(tmp_path, [1e-3, 5e-4, 1e-4, 0.0, 3e-4, 0.0],
+                               [False, False, False, True, False, True])
+    card = build_card(run, model, ev)
+    assert card["training"]["epochs"] == 6 and card["training"]["cosine_ends"] == [4, 6]
+    assert card["training"]["feature_loss_epochs"] == [4, 6]
+    assert card["accuracy"]["test_top1"] == 0.5432 and card["bytes"] == len(b"packed model bytes")
+    md = render_md(card)
+    assert "54.32%" in md and "cosine to 0 at epoch 4, then continued" in md and "epochs 4, 6" in md
+
+
+def test_card_for_one_cosine_and_a_mismatched_evaluation(tmp_path):
+    run, model, ev = _fake_run(tmp_path, [1e-3, 0.0], [False, True])
+    md = render_md(build_card(run, model, ev))
+    assert "cosine to 0," in md and "continued" not in md and "epochs 2)" in md
+    model.write_bytes(b"another file")
+    with pytest.raises(SystemExit, match="different file"):
+        build_card(run, model, ev)
