@@ -38,7 +38,7 @@ def test_card_records_a_continued_schedule_and_feature_epochs(tmp_path):
     assert card["training"]["feature_loss_epochs"] == [4, 6]
     assert card["accuracy"]["test_top1"] == 0.5432 and card["bytes"] == len(b"packed model bytes")
     md = render_md(card)
-    assert "54.32%" in md and "cosine to 0 at epoch 4, then continued" in md and "epochs 4, 6" in md
+    assert "54.32%" in md and "reached 0 at epochs 4, 6" in md and "epochs 4, 6" in md
 
 
 def test_card_for_one_cosine_and_a_mismatched_evaluation(tmp_path):

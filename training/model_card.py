@@ -68,11 +68,12 @@ def _ranges(epochs: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out) or "none"
 
 
-def _schedule(ends: list[int], epochs: int) -> str:
+def _schedule(ends: list[int]) -> str:
     if len(ends) <= 1:
         return "cosine to 0"
-    return (f"cosine to 0 at epoch {ends[0]}, then continued (`--resume --epochs {epochs}`) on the longer "
-            f"cosine, which restarts at the lr it has at epoch {ends[0]} and reaches 0 at epoch {epochs}")
+    # each `--resume --epochs N` re-enters a longer cosine at the lr it has there (a warm restart)
+    return (f"cosine, continued with `--resume --epochs N` (warm restarts); the lr reached 0 at epochs "
+            f"{', '.join(map(str, ends))}")
 
 
 def render_md(card: dict[str, Any]) -> str:
@@ -91,13 +92,13 @@ def render_md(card: dict[str, Any]) -> str:
         f"(`bonn-serve eval`); PyTorch after the last epoch: {100 * acc['torch_test_top1_last_epoch']:.2f}%",
         f"- **Paper** (200 epochs, GPU): {card['paper_cifar10_top1_200_epochs']:.2f}%",
         f"- **Training**: {tr['epochs']} epochs ({tr['steps']} steps), {cfg['optimizer'].upper()} "
-        f"lr {cfg['lr']} {_schedule(tr.get('cosine_ends', []), tr['epochs'])}, "
+        f"lr {cfg['lr']} {_schedule(tr['cosine_ends'])}, "
         + (f"momentum {cfg['momentum']}, " if cfg["optimizer"] == "sgd" else "")
         + f"batch {cfg['batch_size']}, "
         f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}"
         + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']} (feature loss in the last "
            f"{100 * cfg['feature_fraction']:.0f}% of each cosine: epochs "
-           f"{_ranges(tr.get('feature_loss_epochs', []))})" if card["binary"] else ""),
+           f"{_ranges(tr['feature_loss_epochs'])})" if card["binary"] else ""),
         f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on a 2-core CPU, "
         f"{cfg.get('threads', 1)} torch thread(s)" + (", torch.compile" if cfg.get("compile") else ""),
         "",
