@@ -48,3 +48,14 @@ def test_card_for_one_cosine_and_a_mismatched_evaluation(tmp_path):
     model.write_bytes(b"another file")
     with pytest.raises(SystemExit, match="different file"):
         build_card(run, model, ev)
+
+
+def test_card_names_a_remote_training_host(tmp_path):
+    run, model, ev = _fake_run(tmp_path, [1e-3, 0.0], [False, True])
+    md = render_md(build_card(run, model, ev))
+    assert "min on a 2-core CPU" in md and "re-encoded" not in md
+    card = build_card(run, model, ev, trained_on="an NVIDIA H200")
+    assert card["training"]["trained_on"] == "an NVIDIA H200"
+    md = render_md(card)
+    # seconds, not minutes, and the torch figure is flagged as measured on the host's test copy
+    assert "median 62.0 s on an NVIDIA H200" in md and "re-encoded test copy" in md

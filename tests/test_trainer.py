@@ -241,14 +241,14 @@ def test_adam_variant_trains_and_resumes_exactly(tmp_path):
 
 def _one_step_grads(tr, xb, yb):
     tr.optimizer.step = lambda: None  # compare the gradients of one step, not the update
-    m = tr.train_step(xb, yb, True, measure=True)
+    m = {k: float(v) for k, v in tr.train_step(xb, yb, True, measure=True).items()}
     return m, {n: p.grad.detach().clone() for n, p in tr.model.named_parameters() if p.grad is not None}
 
 
 @needs_mini
 @pytest.mark.parametrize("binary", [False, True])
 def test_compiled_training_step_matches_eager(tmp_path, binary):
-    """`compile: true` (torch.compile of the training forward) computes the same losses and gradients as eager
+    """`compile: true` (torch.compile of the training forward and of the kernel loss) computes the same losses and gradients as eager
     mode and keeps checkpoints interchangeable. Full precision agrees to float rounding. A binary net cannot:
     the compiled stem conv differs by ~1e-5, which flips the sign of a handful of near-zero activations, and
     the flips multiply layer by layer (2, 8, 32, 74 in the first four blocks), so the binary check is on the
@@ -277,3 +277,64 @@ def test_compiled_training_step_matches_eager(tmp_path, binary):
     fe = torch.cat([g.flatten() for g in ge.values()])
     fc = torch.cat([gc[n].flatten() for n in ge])
     assert float(F.cosine_similarity(fe, fc, dim=0)) > 0.9
+
+
+# ------------------------------------------------------------------------------------- device and budget
+def test_planned_epochs_fills_the_budget():
+    from training.trainer import planned_epochs
+
+    assert planned_epochs(2, 10.0, 95.0) == 11        # 9 more whole epochs fit
+    assert planned_epochs(2, 10.0, 5.0, floor=2) == 2  # none fits: stop where we are
+    assert planned_epochs(0, 0.0, 1.0) >= 1            # a zero measurement cannot divide by zero
+
+
+def test_device_choice_is_validated():
+    from training.trainer import resolve_device
+
+    with pytest.raises(ValueError, match="device"):
+        make_config({"device": "tpu"})
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto", world=2).type == "cpu"  # DDP here is gloo on CPU
+    with pytest.raises(ValueError, match="gloo"):
+        resolve_device("cuda", world=2)
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="no GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on a machine without a GPU")
+def test_cli_train_without_gpu_says_so(tmp_path):
+    from bonn_serve.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("arch: wrn22-16\nepochs: 1\n")
+    with pytest.raises(SystemExit, match="no GPU"):
+        main(["train", "--config", str(cfg), "--data-dir", str(DATA), "--out", str(tmp_path / "r"),
+              "--device", "cuda"])
+
+
+@needs_mini
+def test_time_budget_fixes_the_schedule_after_two_epochs(tmp_path, monkeypatch):
+    """With a budget the cosine length is set once, from the second epoch's measured time, and saved."""
+    import training.trainer as tr_mod
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(tr_mod.time, "time", lambda: clock["t"])
+    tr = Trainer(small_cfg(epochs=50, limit_train=64, feature_fraction=0.5), str(DATA), tmp_path)
+    real_run_epoch = tr.run_epoch
+
+    def timed_epoch(progress=True):  # every epoch "takes" 10 s of the fake clock
+        clock["t"] += 10.0
+        return real_run_epoch(progress)
+
+    tr.run_epoch = timed_epoch
+    last = tr.fit(progress=False, time_budget_s=45.0, plot=False)
+    # after 2 epochs (20 s) 25 s are left: 2 more epochs fit, so the schedule is 4 epochs, not 50
+    assert tr.cfg["epochs"] == 4 and tr.total_steps == 4 * tr.steps_per_epoch
+    assert tr.feature_start == 2  # the feature-loss window follows the new length
+    assert last["epoch"] == 4 and last["lr_end"] == pytest.approx(0.0, abs=1e-12)
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 4
+    recs = _epoch_records(tmp_path)
+    assert [r.get("planned_epochs") for r in recs] == [None, 4, None, None]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]["epochs"] == 4

@@ -23,8 +23,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-train", type=int, help="use only N training images (smoke tests)")
     p.add_argument("--limit-test", type=int, help="use only N test images (smoke tests)")
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: config, auto)")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="fit the schedule to MIN minutes: after epoch 2 the cosine length becomes the number of "
+                        "epochs that fit (recorded in config.json and the checkpoint)")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop once N epochs are done; the schedule stays --epochs long (continue with --resume)")
     p.add_argument("--no-export", action="store_true", help="skip model.bonn / model.onnx at the end")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip the per-epoch plots (make them later: python -m training.plots OUT)")
 
 
 def load_yaml_config(path: Path) -> dict:
@@ -49,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = load_yaml_config(args.config)
     overrides.setdefault("name", args.config.stem)
     for key, val in (("epochs", args.epochs), ("threads", args.threads), ("layout", args.layout),
-                     ("seed", args.seed)):
+                     ("seed", args.seed), ("device", args.device)):
         if val is not None:
             overrides[key] = val
     if args.limit_train is not None:
@@ -63,10 +71,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"bad config {args.config}: {e}")
     torch.set_num_threads(int(cfg["threads"]))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.time_budget is not None:
+        raise SystemExit("--time-budget is for single-process runs (ranks would plan different schedules)")
+    if distributed and not dist.is_initialized():
         dist.init_process_group("gloo")
     try:
-        trainer = Trainer(cfg, args.data_dir, args.out)
+        try:
+            trainer = Trainer(cfg, args.data_dir, args.out)
+        except ValueError as e:  # no GPU, unreadable data, too few images: a message, not a traceback
+            raise SystemExit(f"bonn-serve train: {e}")
         ckpt = args.out / "checkpoint.pt"
         if args.resume:
             if not ckpt.exists():
@@ -75,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}", flush=True)
         elif ckpt.exists():
             raise SystemExit(f"{ckpt} exists; pass --resume or choose another --out")
-        last = trainer.fit(progress=not args.no_progress)
+        budget = None if args.time_budget is None else 60.0 * args.time_budget
+        last = trainer.fit(epochs=args.stop_after, progress=not args.no_progress, time_budget_s=budget,
+                           plot=not args.no_plots)
         if last:
             print(f"done: epoch {last['epoch']} test_acc {last['test_acc']:.4f}", flush=True)
     finally:

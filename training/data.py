@@ -24,6 +24,9 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
 
 def load_split(data_dir: str, split: str, layout: str = "auto", limit: int | None = None) -> Split:
     """Load a split as uint8 NCHW. ``limit`` keeps the first N of a fixed shuffle (smoke runs)."""
@@ -45,23 +48,32 @@ class Normalizer:
         self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1)
         self.channels_last = channels_last
 
+    def to(self, device: torch.device) -> "Normalizer":
+        self.scale, self.shift = self.scale.to(device), self.shift.to(device)
+        return self
+
     def __call__(self, xb: torch.Tensor) -> torch.Tensor:
         out = torch.addcmul(self.shift, xb.float(), self.scale)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
 
 def augment(xb: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop of the zero-padded image (pad 4) and random horizontal flip, as one gather."""
+    """Random crop of the zero-padded image (pad 4) and random horizontal flip, as one gather.
+
+    The random draws come from the CPU generator whatever the device of `xb`, so a GPU run sees the same
+    crops and flips as a CPU run."""
     n, c, h, w = xb.shape
+    dev = xb.device
     padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    flip = torch.rand(n, generator=gen) < 0.5
-    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
+    ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
     rows = oy[:, None] + ar_h[None, :]                                          # (n, h)
     cols = ox[:, None] + torch.where(flip[:, None], w - 1 - ar_w[None, :], ar_w[None, :])  # (n, w)
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    n_idx = torch.arange(n, device=dev)[:, None, None, None]
+    c_idx = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -82,7 +94,7 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int, rank: in
     # Per-rank augmentation stream, forked deterministically from the epoch generator.
     aug_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)) + rank)
     for step in range(steps):
-        idx = perm[step * batch_size:(step + 1) * batch_size][rank::world]
+        idx = perm[step * batch_size:(step + 1) * batch_size][rank::world].to(split.x.device)
         xb = split.x[idx]
         xb = augment(xb, aug_gen)
         if step >= start_step:

@@ -56,7 +56,7 @@ class BayesianKernelLoss(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """The loss whose autograd gradients are the paper's (mixed reductions); see module docstring."""
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.mu[0].device)
         for layer, mu, sigma in zip(self.layers, self.mu, self.sigma):
             X = layer.weight.flatten(1)                      # (Co, K)
             w = layer.recon                                  # (K,)
@@ -123,7 +123,7 @@ class BayesianFeatureLoss(nn.Module):
         m = self.centers.shape[0]
         diff = torch.zeros_like(self.centers).index_add_(0, y, self.centers[y] - f.detach())
         ones = torch.ones_like(y, dtype=self.centers.dtype)
-        count = torch.zeros(m, dtype=self.centers.dtype).index_add_(0, y, ones)
+        count = torch.zeros(m, dtype=self.centers.dtype, device=self.centers.device).index_add_(0, y, ones)
         return diff, count
 
     @torch.no_grad()

@@ -21,7 +21,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_card(run: Path, model: Path, eval_json: Path) -> dict[str, Any]:
+CPU_HOST = "a 2-core CPU"
+
+
+def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HOST) -> dict[str, Any]:
     cfg = json.loads((run / "config.json").read_text())
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     epochs = [r for r in recs if r.get("kind") == "epoch"]
@@ -42,7 +45,7 @@ def build_card(run: Path, model: Path, eval_json: Path) -> dict[str, Any]:
         "data": {"dataset": "CIFAR-10", "train_images": 50000 if cfg.get("limit_train") is None
                  else cfg["limit_train"], "test_images": ev["n"], "split_evaluated": ev["split"],
                  "source": "/work/shared/data/cifar10 (JPEG q75 re-encoded copy, see its manifest.json)"},
-        "training": {"epochs": last["epoch"], "steps": last["step"], "config": cfg,
+        "training": {"epochs": last["epoch"], "steps": last["step"], "config": cfg, "trained_on": trained_on,
                      # epochs at which the cosine reached 0: more than one means the run was continued with
                      # `--resume --epochs N`, which re-enters a longer cosine (docs/method.md)
                      "cosine_ends": [r["epoch"] for r in epochs if r.get("lr_end", 1.0) <= 1e-12],
@@ -80,6 +83,9 @@ def render_md(card: dict[str, Any]) -> str:
     acc = card["accuracy"]
     tr = card["training"]
     cfg = tr["config"]
+    host = tr.get("trained_on", CPU_HOST)
+    # a remote training host sees its own copy of the test set (gpu_sweep.py re-encodes it for the upload)
+    torch_where = "" if host == CPU_HOST else " (there, on its JPEG re-encoded test copy)"
     lines = [
         f"# {card['name']}",
         "",
@@ -89,7 +95,8 @@ def render_md(card: dict[str, Any]) -> str:
         f"{acc['n']:,} {card['data']['split_evaluated']} images",
         f"- **Test accuracy (top-1)**: **{100 * acc['test_top1']:.2f}%**, "
         f"measured with {acc['measured_with']} "
-        f"(`bonn-serve eval`); PyTorch after the last epoch: {100 * acc['torch_test_top1_last_epoch']:.2f}%",
+        f"(`bonn-serve eval`); PyTorch after the last epoch{torch_where}: "
+        f"{100 * acc['torch_test_top1_last_epoch']:.2f}%",
         f"- **Paper** (200 epochs, GPU): {card['paper_cifar10_top1_200_epochs']:.2f}%",
         f"- **Training**: {tr['epochs']} epochs ({tr['steps']} steps), {cfg['optimizer'].upper()} "
         f"lr {cfg['lr']} {_schedule(tr['cosine_ends'])}, "
@@ -99,8 +106,10 @@ def render_md(card: dict[str, Any]) -> str:
         + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']} (feature loss in the last "
            f"{100 * cfg['feature_fraction']:.0f}% of each cosine: epochs "
            f"{_ranges(tr['feature_loss_epochs'])})" if card["binary"] else ""),
-        f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on a 2-core CPU, "
-        f"{cfg.get('threads', 1)} torch thread(s)" + (", torch.compile" if cfg.get("compile") else ""),
+        (f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on {host}, "
+         f"{cfg.get('threads', 1)} torch thread(s)" if host == CPU_HOST else
+         f"- **Epoch time**: median {tr['epoch_time_s_median']:.1f} s on {host}")
+        + (", torch.compile" if cfg.get("compile") else ""),
         "",
         "Short schedule: far fewer epochs than the paper's 200, so the accuracy is not comparable to the "
         "paper's number; see docs/results.md and docs/method.md.",
@@ -115,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--eval-json", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="prefix: writes PREFIX.card.json, PREFIX.md")
+    p.add_argument("--trained-on", default=CPU_HOST, help="the training host, in words")
     args = p.parse_args(argv)
-    card = build_card(args.run, args.model, args.eval_json)
+    card = build_card(args.run, args.model, args.eval_json, args.trained_on)
     Path(f"{args.out}.card.json").write_text(json.dumps(card, indent=2) + "\n")
     Path(f"{args.out}.md").write_text(render_md(card))
     summary = {k: card[k] for k in ("name", "bytes", "sha256")}

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = dict(
     seed=0, epochs=10, batch_size=128,
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, slow_lr_scale=0.1,
     lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25,
-    channels_last=True, compile=False, threads=1, log_every=50, eval_batch=500,
+    channels_last=True, compile=False, threads=1, device="auto", log_every=50, eval_batch=500,
     layout="auto", limit_train=None, limit_test=None, export=True, hist_layers=3,
 )
 
@@ -40,6 +40,15 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
     cfg = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None or k.startswith("limit_")}}
+    # YAML reads "1e-5" (no dot) as a string; coerce the numeric keys so such a typo cannot slip through.
+    for key, kind in (("lam", float), ("nu", float), ("theta", float), ("lr", float), ("weight_decay", float),
+                      ("momentum", float), ("slow_lr_scale", float), ("center_alpha", float),
+                      ("feature_fraction", float), ("dropout", float), ("epochs", int), ("batch_size", int),
+                      ("seed", int)):
+        try:
+            cfg[key] = kind(cfg[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {cfg[key]!r}") from None
     if cfg["arch"] not in ARCHS:
         raise ValueError(f"unknown arch {cfg['arch']!r}; choose from {sorted(ARCHS)}")
     if cfg["optimizer"] not in ("sgd", "adam"):
@@ -51,7 +60,25 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("epochs and batch_size must be >= 1")
     if not 0.0 <= float(cfg["feature_fraction"]) <= 1.0:
         raise ValueError("feature_fraction must be in [0, 1]")
+    if cfg["device"] not in ("auto", "cpu", "cuda"):
+        raise ValueError("device must be 'auto', 'cpu' or 'cuda'")
     return cfg
+
+
+def resolve_device(name: str, world: int = 1) -> torch.device:
+    """'auto' picks the GPU when there is one. Distributed training (gloo) is CPU only."""
+    if world > 1:
+        if name == "cuda":
+            raise ValueError("distributed training here uses gloo on CPU; run with device cpu/auto")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch sees no GPU")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def planned_epochs(done: int, secs_per_epoch: float, secs_left: float, floor: int = 1) -> int:
+    """How many epochs in all fit a time budget, given the measured time of one epoch (train + eval)."""
+    return max(done + int(secs_left // max(secs_per_epoch, 1e-9)), floor)
 
 
 def cosine_factor(step: int, total: int) -> float:
@@ -65,10 +92,11 @@ class Trainer:
         self.out = Path(out_dir)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.device = resolve_device(str(cfg["device"]), self.world)
         torch.manual_seed(int(cfg["seed"]))
         self.spec = ARCHS[cfg["arch"]]["input"]
         self.model = build_model(cfg["arch"], binary=bool(cfg["binary"]), num_classes=int(cfg["num_classes"]),
-                                 dropout=float(cfg["dropout"]))
+                                 dropout=float(cfg["dropout"])).to(self.device)
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         # torch.compile fuses the many small elementwise ops (BN, sign, STE masks, PReLU, adds) around the
@@ -78,24 +106,33 @@ class Trainer:
                               else self.model.forward_with_features)
         self.kernel_loss = (BayesianKernelLoss(self.model, cfg["lam"], cfg["nu"])
                             if cfg["binary"] and cfg["lam"] > 0 else None)
+        # The kernel loss is ~25 small elementwise ops per binary layer; compiled, each layer is a few kernels
+        # (on a GPU, launches dominate an eager step).
+        self.kernel_fn = (torch.compile(self.kernel_loss) if cfg["compile"] and self.kernel_loss is not None
+                          else self.kernel_loss)
         self.feature_loss = None
         if cfg["theta"] > 0:
             self.feature_loss = BayesianFeatureLoss(int(cfg["num_classes"]), self.model.feature_dim,
-                                                    cfg["theta"], cfg["center_alpha"])
+                                                    cfg["theta"], cfg["center_alpha"]).to(self.device)
         self.optimizer = self._make_optimizer()
-        self.norm = Normalizer(self.spec.mean, self.spec.std, bool(cfg["channels_last"]))
-        self.train = load_split(data_dir, "train", cfg["layout"], cfg["limit_train"])
-        self.test = load_split(data_dir, "test", cfg["layout"], cfg["limit_test"])
+        self.norm = Normalizer(self.spec.mean, self.spec.std, bool(cfg["channels_last"])).to(self.device)
+        self.train = load_split(data_dir, "train", cfg["layout"], cfg["limit_train"]).to(self.device)
+        self.test = load_split(data_dir, "test", cfg["layout"], cfg["limit_test"]).to(self.device)
         self.steps_per_epoch = len(self.train) // int(cfg["batch_size"])
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(self.train)} training images < one batch of {cfg['batch_size']}")
-        self.total_steps = self.steps_per_epoch * int(cfg["epochs"])
-        self.feature_start = int(round(int(cfg["epochs"]) * (1.0 - float(cfg["feature_fraction"]))))
+        self.set_epochs(int(cfg["epochs"]))
         self.epoch = 0   # next epoch to run
         self.step = 0    # optimizer steps done
         self.hist_idx = self._hist_layer_indices()
 
     # ----- setup -------------------------------------------------------------------------------------------
+    def set_epochs(self, epochs: int) -> None:
+        """Schedule length: the cosine runs over `epochs`; the feature loss covers its last fraction."""
+        self.cfg["epochs"] = int(epochs)
+        self.total_steps = self.steps_per_epoch * int(epochs)
+        self.feature_start = int(round(int(epochs) * (1.0 - float(self.cfg["feature_fraction"]))))
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         latent, recon, decay, no_decay = [], [], [], []
@@ -125,8 +162,10 @@ class Trainer:
         for g in groups:
             g["lr"] = float(cfg["lr"]) * g["lr_scale"]
         if cfg["optimizer"] == "adam":
-            # Adam's L2 is not decoupled; use AdamW semantics for the decayed group.
-            return torch.optim.AdamW(groups, lr=float(cfg["lr"]), weight_decay=0.0)
+            # Adam's L2 is not decoupled; use AdamW semantics for the decayed group. On a GPU the fused
+            # kernel updates every tensor in one launch.
+            return torch.optim.AdamW(groups, lr=float(cfg["lr"]), weight_decay=0.0,
+                                     fused=self.device.type == "cuda")
         return torch.optim.SGD(groups, lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
                                nesterov=bool(cfg["nesterov"]))
 
@@ -221,29 +260,28 @@ class Trainer:
 
     # ----- one step / one epoch ----------------------------------------------------------------------------
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor, feature_on: bool,
-                   measure: bool) -> dict[str, float]:
+                   measure: bool) -> dict[str, torch.Tensor | float]:
+        """One optimizer step. Returns detached 0-d tensors (no host sync, which would stall a GPU queue);
+        on `measure` steps also the gradient ratio as a float."""
         self._sync_buffers()
         lr = self.set_lr()
         x = self.norm(xb)
         logits, feats = self.train_forward(x)
         ce = F.cross_entropy(logits, yb)
         loss = ce
-        kern = torch.zeros(())
-        feat = torch.zeros(())
+        out: dict[str, torch.Tensor | float] = {"ce": ce.detach(),
+                                                "acc": (logits.detach().argmax(1) == yb).float().mean()}
         if self.kernel_loss is not None:
-            kern = self.kernel_loss()
+            kern = self.kernel_fn()
             loss = loss + kern
+            out["kernel"] = kern.detach()
         if self.feature_loss is not None and feature_on:
             feat = self.feature_loss(feats, yb)
             loss = loss + feat
+            out["feature"] = feat.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads()
-        out = {"ce": float(ce.detach()), "acc": float((logits.argmax(1) == yb).float().mean()), "lr": lr}
-        if self.kernel_loss is not None:
-            out["kernel"] = float(kern.detach())
-        if feature_on and self.feature_loss is not None:
-            out["feature"] = float(feat.detach())
         if measure:
             out.update(self._grad_ratios())
         self.optimizer.step()
@@ -257,6 +295,7 @@ class Trainer:
             # Centers are tracked from the start (they do not touch the network) so they are meaningful when
             # the feature loss switches on; the update follows the optimizer step (paper Alg. 1 line 15).
             self._update_centers(feats, yb)
+        out["lr"] = lr
         return out
 
     @torch.no_grad()
@@ -294,14 +333,18 @@ class Trainer:
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
-            if measure and self.rank == 0:
-                self.log({"kind": "step", "epoch": epoch + 1, "step": self.step, **m})
-            ips = n_img / max(time.time() - t0, 1e-9)
-            bar.set_postfix({k: f"{sums[k] / counts[k]:.4g}" for k in ("ce", "kernel", "feature", "acc")
-                             if k in sums} | {"img/s": f"{ips:.0f}"}, refresh=False)
+            if measure:  # the only host syncs inside an epoch
+                if self.rank == 0:
+                    self.log({"kind": "step", "epoch": epoch + 1, "step": self.step,
+                              **{k: float(v) for k, v in m.items()}})
+                ips = n_img / max(time.time() - t0, 1e-9)
+                bar.set_postfix({k: f"{float(sums[k]) / counts[k]:.4g}" for k in ("ce", "kernel", "feature", "acc")
+                                 if k in sums} | {"img/s": f"{ips:.0f}"}, refresh=False)
         self._sync_buffers()  # the last step's BN statistics update happened per rank
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         dt = time.time() - t0
-        res = {f"train_{k}": v / counts[k] for k, v in sums.items() if k not in ("lr",)}
+        res = {f"train_{k}": float(v) / counts[k] for k, v in sums.items() if k not in ("lr",)}
         res.update(epoch_time_s=dt, images_per_s=n_img / max(dt, 1e-9), feature_on=feature_on,
                    lr_end=cosine_factor(self.step, self.total_steps) * float(cfg["lr"]))
         return res
@@ -347,10 +390,17 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def fit(self, epochs: int | None = None, progress: bool = True,
-            export: bool | None = None) -> dict[str, Any]:
-        """Train until `epochs` (default: the config's) epochs are done; returns the last epoch record."""
-        epochs = int(epochs or self.cfg["epochs"])
+    def fit(self, epochs: int | None = None, progress: bool = True, export: bool | None = None,
+            time_budget_s: float | None = None, plot: bool = True) -> dict[str, Any]:
+        """Train until `epochs` (default: the config's) epochs are done; returns the last epoch record.
+        The schedule is always the config's: `epochs` < cfg["epochs"] stops part-way (resumable).
+
+        With `time_budget_s`, the schedule is fitted to the budget instead: after the second epoch of this
+        call (the first pays for compilation) the cosine length becomes as many epochs as the measured epoch
+        time allows, and the loop stops early if an epoch would overrun anyway (the checkpoint resumes)."""
+        epochs = min(int(epochs or self.cfg["epochs"]), int(self.cfg["epochs"]))
+        t_start = time.time()
+        planned_at = self.epoch + 2
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
@@ -358,16 +408,29 @@ class Trainer:
                 self.log({"kind": "init", "epoch": 0, **self.evaluate(), **self.weight_stats()})
         last: dict[str, Any] = {}
         while self.epoch < epochs:
+            t_epoch = time.time()
             rec = self.run_epoch(progress)
             self.epoch += 1
             if self.rank == 0:
                 last = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **rec, **self.evaluate(),
-                        **self.weight_stats()}
+                        **self.weight_stats(), "time": time.time()}
                 if self.kernel_loss is not None:
                     last["kernel_value"] = self.kernel_loss.value()
+            if time_budget_s is not None:
+                per_epoch = time.time() - t_epoch
+                left = time_budget_s - (time.time() - t_start)
+                if self.epoch == planned_at:
+                    epochs = planned_epochs(self.epoch, per_epoch, left, floor=self.epoch)
+                    self.set_epochs(epochs)
+                    last["planned_epochs"] = epochs
+                elif left < per_epoch:
+                    epochs = self.epoch  # out of time: stop here, resumable
+            if self.rank == 0:
                 self.log(last)
                 self.save_checkpoint(self.out / "checkpoint.pt")
-                self._plot()
+                (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
+                if plot:
+                    self._plot()
             if self.world > 1:
                 dist.barrier()
         if self.rank == 0 and (self.cfg["export"] if export is None else export):

@@ -1,0 +1,88 @@
+"""scripts/gpu_sweep.py: the compact data upload round-trips, and a whole sweep runs (here on the CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("gpu_sweep", ROOT / "scripts" / "gpu_sweep.py")
+gpu_sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_sweep)
+
+
+def _smooth_images(n: int, seed: int) -> np.ndarray:
+    """Photo-like (smooth) images: JPEG q75 keeps them within a few grey levels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    base = rng.uniform(40, 200, (n, 1, 1, 3)) + rng.uniform(-40, 40, (n, 1, 1, 3)) * (xx + yy)[None, :, :, None]
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "cifar"
+    d.mkdir()
+    for split, n in (("train", 96), ("test", 32)):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        np.savez(d / f"cifar10_{split}.npz", x=_smooth_images(n, n), y=y)
+    return d
+
+
+def test_pack_unpack_round_trip(data_dir, tmp_path):
+    packed = tmp_path / "packed.npz"
+    gpu_sweep.pack(data_dir, packed)
+    out = tmp_path / "decoded"
+    gpu_sweep.unpack(packed, out)
+    for split in ("train", "test"):
+        a, b = np.load(data_dir / f"cifar10_{split}.npz"), np.load(out / f"cifar10_{split}.npz")
+        assert b["x"].shape == a["x"].shape and b["x"].dtype == np.uint8
+        np.testing.assert_array_equal(b["y"], a["y"])
+        assert np.abs(b["x"].astype(int) - a["x"].astype(int)).mean() < 2.0
+
+
+def test_parse_run_spec():
+    name, cfg, ov = gpu_sweep.parse_run("b1=training/configs/binary_wrn22_16_adam.yaml:seed=1,lam=1.0e-5")
+    assert (name, cfg, ov) == ("b1", Path("training/configs/binary_wrn22_16_adam.yaml"),
+                               {"seed": "1", "lam": "1.0e-5"})
+    assert gpu_sweep.parse_run("a=x.yaml") == ("a", Path("x.yaml"), {})
+
+
+def test_sweep_runs_every_config_on_one_schedule(data_dir, tmp_path, capsys):
+    """Two runs share one planned epoch count; a run that cannot start is retried once and left out."""
+    packed = tmp_path / "packed.npz"
+    gpu_sweep.pack(data_dir, packed)
+    small = "batch_size=32,compile=false,channels_last=false,threads=1"
+    args = argparse.Namespace(
+        packed=packed, out=str(tmp_path / "out"), budget_s=30.0, margin_s=4.0, restart_s=6.0, safety=0.9,
+        provisional_epochs=1000, work=str(tmp_path / "work"), no_mps=True, device="cpu",
+        run=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{small}",
+             f"b=training/configs/binary_wrn22_16_adam.yaml:{small},seed=1",
+             f"bad=training/configs/bonn_wrn22_16_adam.yaml:{small},lam=-1"])
+    assert gpu_sweep.run(args) == 0
+    log = capsys.readouterr().out
+    assert "[bad] retrying with compile: false" in log
+    planned = None
+    for name in ("a", "b"):
+        with tarfile.open(tmp_path / "out" / f"{name}.tar.gz") as tar:
+            members = {m.name for m in tar.getmembers()}
+            assert {f"{name}/checkpoint.pt", f"{name}/metrics.jsonl", f"{name}/config.json"} <= members
+            cfg = json.load(tar.extractfile(f"{name}/config.json"))
+            recs = [json.loads(line) for line in tar.extractfile(f"{name}/metrics.jsonl").read().splitlines()]
+        epochs = [r["epoch"] for r in recs if r["kind"] == "epoch"]
+        assert cfg["epochs"] > 2 and epochs == list(range(1, cfg["epochs"] + 1))  # resumed, finished
+        assert planned in (None, cfg["epochs"])  # one schedule for every run
+        planned = cfg["epochs"]
+    with tarfile.open(tmp_path / "out" / "bad.tar.gz") as tar:
+        assert not any(m.name.endswith("checkpoint.pt") for m in tar.getmembers())
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
