@@ -338,3 +338,38 @@ def test_time_budget_fixes_the_schedule_after_two_epochs(tmp_path, monkeypatch):
     recs = _epoch_records(tmp_path)
     assert [r.get("planned_epochs") for r in recs] == [None, 4, None, None]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]["epochs"] == 4
+
+
+# ------------------------------------------------------------------------- prior_update: sgd (method §11)
+@needs_mini
+def test_prior_update_sgd_keeps_the_papers_gradient_steps_and_resumes_exactly(tmp_path):
+    """With Adam, the prior's mu/sigma move ~lr per step whatever their gradient's size; `prior_update: sgd`
+    moves them by lr x gradient (the paper's rule), a tiny step at lambda = nu = 1e-4, and still resumes
+    exactly."""
+    torch.set_num_threads(1)
+    moved = {}
+    for mode in ("optimizer", "sgd"):
+        cfg = small_cfg(optimizer="adam", lr=2e-3, limit_train=64, epochs=2, prior_update=mode)
+        tr = Trainer(cfg, str(DATA), tmp_path / mode)
+        mu0 = torch.cat([m.detach().clone() for m in tr.kernel_loss.mu])
+        tr.fit(epochs=1, progress=False)
+        moved[mode] = float((torch.cat([m.detach() for m in tr.kernel_loss.mu]) - mu0).abs().max())
+        assert all(m.grad is not None and float(m.grad.abs().max()) > 0 for m in tr.kernel_loss.mu)
+        assert (tr.prior_optimizer is None) == (mode == "optimizer")
+    assert moved["optimizer"] > 1e-4  # Adam: a sizeable fraction of lr per step
+    assert moved["sgd"] < 1e-6        # lr x a gradient of order lambda * nu / sigma^2 (below float32's ulp here)
+    # resume: an interrupted run equals the uninterrupted one, prior optimizer state included
+    cfg = small_cfg(optimizer="adam", lr=2e-3, limit_train=64, epochs=2, prior_update="sgd")
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(progress=False)
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    b.fit(epochs=1, progress=False)
+    c = Trainer(cfg, str(DATA), tmp_path / "b")
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    c.fit(progress=False)
+    for x, y in zip([*a.model.parameters(), *a.kernel_loss.parameters(), *a.feature_loss.parameters()],
+                    [*c.model.parameters(), *c.kernel_loss.parameters(), *c.feature_loss.parameters()]):
+        assert torch.equal(x, y)
+    other = Trainer({**cfg, "prior_update": "optimizer"}, str(DATA), tmp_path / "x")
+    with pytest.raises(ValueError, match="prior_update"):
+        other.resume(tmp_path / "b" / "checkpoint.pt")

@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = dict(
     name="run", arch="wrn22-16", binary=True, num_classes=10, dropout=0.0,
     seed=0, epochs=10, batch_size=128,
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, slow_lr_scale=0.1,
-    lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25,
+    lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25, prior_update="optimizer",
     channels_last=True, compile=False, threads=1, device="auto", log_every=50, eval_batch=500,
     layout="auto", limit_train=None, limit_test=None, export=True, hist_layers=3,
 )
@@ -60,6 +60,8 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("epochs and batch_size must be >= 1")
     if not 0.0 <= float(cfg["feature_fraction"]) <= 1.0:
         raise ValueError("feature_fraction must be in [0, 1]")
+    if cfg["prior_update"] not in ("optimizer", "sgd"):
+        raise ValueError("prior_update must be 'optimizer' or 'sgd'")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ValueError("device must be 'auto', 'cpu' or 'cuda'")
     return cfg
@@ -114,7 +116,7 @@ class Trainer:
         if cfg["theta"] > 0:
             self.feature_loss = BayesianFeatureLoss(int(cfg["num_classes"]), self.model.feature_dim,
                                                     cfg["theta"], cfg["center_alpha"]).to(self.device)
-        self.optimizer = self._make_optimizer()
+        self.optimizer, self.prior_optimizer = self._make_optimizers()
         self.norm = Normalizer(self.spec.mean, self.spec.std, bool(cfg["channels_last"])).to(self.device)
         self.train = load_split(data_dir, "train", cfg["layout"], cfg["limit_train"]).to(self.device)
         self.test = load_split(data_dir, "test", cfg["layout"], cfg["limit_test"]).to(self.device)
@@ -133,7 +135,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * int(epochs)
         self.feature_start = int(round(int(epochs) * (1.0 - float(self.cfg["feature_fraction"]))))
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+        """The network's optimizer, and with `prior_update: sgd` a plain-SGD one for the Bayesian parameters
+        (the kernel prior's mu, sigma and the feature loss's sigma; docs/method.md section 11)."""
         cfg = self.cfg
         latent, recon, decay, no_decay = [], [], [], []
         for m in self.model.modules():
@@ -144,30 +148,45 @@ class Trainer:
                     decay.append(p)
                 else:
                     no_decay.append(p)  # BN, PReLU, biases
-        slow = list(recon)
         mu: list[nn.Parameter] = []
+        sigmas: list[nn.Parameter] = []
         if self.kernel_loss is not None:
             mu += list(self.kernel_loss.mu)
-            slow += list(self.kernel_loss.sigma)
+            sigmas += list(self.kernel_loss.sigma)
         if self.feature_loss is not None:
-            slow.append(self.feature_loss.sigma)
+            sigmas.append(self.feature_loss.sigma)
         wd, s = float(cfg["weight_decay"]), float(cfg["slow_lr_scale"])
+        separate = cfg["prior_update"] == "sgd"
         # w (recon) and every sigma learn at 0.1x the base lr (paper section 3.1.3); latent binary weights get
         # no weight decay (only their signs matter; the kernel prior is their regulariser).
         groups = [dict(params=decay, weight_decay=wd, lr_scale=1.0, name="decay"),
                   dict(params=latent, weight_decay=0.0, lr_scale=1.0, name="latent"),
-                  dict(params=no_decay + mu, weight_decay=0.0, lr_scale=1.0, name="other"),
-                  dict(params=slow, weight_decay=0.0, lr_scale=s, name="slow")]
-        groups = [g for g in groups if g["params"]]
-        for g in groups:
-            g["lr"] = float(cfg["lr"]) * g["lr_scale"]
+                  dict(params=no_decay + ([] if separate else mu), weight_decay=0.0, lr_scale=1.0, name="other"),
+                  dict(params=recon + ([] if separate else sigmas), weight_decay=0.0, lr_scale=s, name="slow")]
         if cfg["optimizer"] == "adam":
             # Adam's L2 is not decoupled; use AdamW semantics for the decayed group. On a GPU the fused
             # kernel updates every tensor in one launch.
-            return torch.optim.AdamW(groups, lr=float(cfg["lr"]), weight_decay=0.0,
+            main = torch.optim.AdamW(self._groups(groups), lr=float(cfg["lr"]), weight_decay=0.0,
                                      fused=self.device.type == "cuda")
-        return torch.optim.SGD(groups, lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
-                               nesterov=bool(cfg["nesterov"]))
+        else:
+            main = torch.optim.SGD(self._groups(groups), lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
+                                   nesterov=bool(cfg["nesterov"]))
+        prior_groups = self._groups([dict(params=mu, weight_decay=0.0, lr_scale=1.0, name="prior_mu"),
+                                     dict(params=sigmas, weight_decay=0.0, lr_scale=s, name="prior_sigma")])
+        # Plain gradient steps, as the paper's update rules (Eqs. 17-18): the step follows the gradient's size,
+        # which Adam's normalisation would discard.
+        prior = torch.optim.SGD(prior_groups, lr=float(cfg["lr"])) if separate and prior_groups else None
+        return main, prior
+
+    def _groups(self, groups: list[dict]) -> list[dict]:
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g["lr"] = float(self.cfg["lr"]) * g["lr_scale"]
+        return groups
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.optimizer, self.prior_optimizer) if o is not None]
 
     def _hist_layer_indices(self) -> list[int]:
         n = len(binary_layers(self.model))
@@ -177,11 +196,11 @@ class Trainer:
         return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
     def all_params(self) -> list[nn.Parameter]:
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
+        return [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
 
     def set_lr(self) -> float:
         f = cosine_factor(self.step, self.total_steps)
-        for g in self.optimizer.param_groups:
+        for g in (g for o in self.optimizers for g in o.param_groups):
             g["lr"] = float(self.cfg["lr"]) * g["lr_scale"] * f
         return float(self.cfg["lr"]) * f
 
@@ -195,6 +214,7 @@ class Trainer:
             "kernel_loss": self.kernel_loss.state_dict() if self.kernel_loss is not None else {},
             "feature_loss": self.feature_loss.state_dict() if self.feature_loss is not None else {},
             "optimizer": self.optimizer.state_dict(),
+            "prior_optimizer": self.prior_optimizer.state_dict() if self.prior_optimizer is not None else {},
             "scheduler": {"step": self.step, "total_steps": self.total_steps},
             "rng": {"torch": torch.get_rng_state()},
         }
@@ -206,16 +226,20 @@ class Trainer:
             if ckpt["config"].get(key) != self.cfg.get(key):
                 raise ValueError(f"checkpoint {key}={ckpt['config'].get(key)!r} differs from config "
                                  f"{self.cfg.get(key)!r}")
+        if ckpt["config"].get("prior_update", "optimizer") != self.cfg["prior_update"]:
+            raise ValueError("checkpoint prior_update differs from config (the optimizer states do not match)")
         self.model.load_state_dict(ckpt["model"])
         if self.kernel_loss is not None:
             self.kernel_loss.load_state_dict(ckpt["kernel_loss"])
         if self.feature_loss is not None:
             self.feature_loss.load_state_dict(ckpt["feature_loss"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.prior_optimizer is not None:
+            self.prior_optimizer.load_state_dict(ckpt["prior_optimizer"])
         # Group hyper-parameters (lr_scale, weight decay) come from the current config, not the checkpoint.
-        fresh = self._make_optimizer().param_groups
-        for g, f in zip(self.optimizer.param_groups, fresh):
-            g["lr_scale"], g["weight_decay"] = f["lr_scale"], f["weight_decay"]
+        for opt, fresh in zip(self.optimizers, (o for o in self._make_optimizers() if o is not None)):
+            for g, f in zip(opt.param_groups, fresh.param_groups):
+                g["lr_scale"], g["weight_decay"] = f["lr_scale"], f["weight_decay"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
 
@@ -279,12 +303,14 @@ class Trainer:
             feat = self.feature_loss(feats, yb)
             loss = loss + feat
             out["feature"] = feat.detach()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads()
         if measure:
             out.update(self._grad_ratios())
-        self.optimizer.step()
+        for opt in self.optimizers:
+            opt.step()
         self.step += 1
         if self.model.binary:
             clamp_recon_(self.model)
