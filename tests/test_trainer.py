@@ -373,3 +373,22 @@ def test_prior_update_sgd_keeps_the_papers_gradient_steps_and_resumes_exactly(tm
     other = Trainer({**cfg, "prior_update": "optimizer"}, str(DATA), tmp_path / "x")
     with pytest.raises(ValueError, match="prior_update"):
         other.resume(tmp_path / "b" / "checkpoint.pt")
+
+
+@needs_mini
+def test_gpu_checkpoint_resumes_on_cpu_with_cpu_optimizer_flags(tmp_path):
+    """A checkpoint written by a CUDA run carries fused-AdamW flags; on the CPU they follow the CPU's choice."""
+    torch.set_num_threads(1)
+    cfg = small_cfg(optimizer="adam", lr=2e-3, limit_train=64, epochs=2)
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(epochs=1, progress=False)
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    for g in ckpt["optimizer"]["param_groups"]:
+        g["fused"] = True  # as a GPU run saves them
+    ckpt["config"]["device"] = "cuda"
+    torch.save(ckpt, tmp_path / "gpu.pt")
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    b.resume(tmp_path / "gpu.pt")
+    assert b.epoch == 1 and not any(g.get("fused") for g in b.optimizer.param_groups)
+    b.fit(progress=False)
+    assert b.epoch == 2

@@ -240,6 +240,9 @@ class Trainer:
         for opt, fresh in zip(self.optimizers, (o for o in self._make_optimizers() if o is not None)):
             for g, f in zip(opt.param_groups, fresh.param_groups):
                 g["lr_scale"], g["weight_decay"] = f["lr_scale"], f["weight_decay"]
+                for key in ("fused", "foreach"):  # implementation flags follow this run's device
+                    if key in f:
+                        g[key] = f[key]
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
 
