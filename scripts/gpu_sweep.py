@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import lzma
 import os
 import subprocess
@@ -33,14 +34,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bonn_serve.datasets import load_cifar10  # numpy only
+from training.plots import read_metrics  # matplotlib only when plotting
 
 
 # ----------------------------------------------------------------------------------------------- pack
 def pack(data_dir: Path, out: Path, quality: int = 75) -> None:
     from PIL import Image
-
-    sys.path.insert(0, str(ROOT))
-    from bonn_serve.datasets import load_cifar10
 
     arrays = {}
     for split in ("train", "test"):
@@ -113,12 +115,8 @@ def start_mps() -> bool:
 
 
 def epoch_records(run_dir: Path) -> list[dict]:
-    import json
-
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "epoch"]
+    return [r for r in read_metrics(path) if r.get("kind") == "epoch"] if path.exists() else []
 
 
 class Sweep:
@@ -234,8 +232,6 @@ def progress(run_dir: Path) -> str:
     if not recs:
         return "starting"
     last = recs[-1]
-    import json
-
     total = json.loads((run_dir / "config.json").read_text())["epochs"]
     return f"{last['epoch']}/{total} {100 * last['test_acc']:.2f}% ({last['epoch_time_s']:.1f}s)"
 

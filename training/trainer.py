@@ -452,12 +452,13 @@ class Trainer:
                     epochs = planned_epochs(self.epoch, per_epoch, left, floor=self.epoch)
                     self.set_epochs(epochs)
                     last["planned_epochs"] = epochs
+                    if self.rank == 0:  # the schedule changed: keep config.json in step with the checkpoint
+                        (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
                 elif left < per_epoch:
                     epochs = self.epoch  # out of time: stop here, resumable
             if self.rank == 0:
                 self.log(last)
                 self.save_checkpoint(self.out / "checkpoint.pt")
-                (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
                 if plot:
                     self._plot()
             if self.world > 1:
