@@ -63,6 +63,7 @@ def test_sweep_runs_every_config_on_one_schedule(data_dir, tmp_path, capsys):
     args = argparse.Namespace(
         packed=packed, out=str(tmp_path / "out"), budget_s=30.0, margin_s=4.0, restart_s=6.0, safety=0.9,
         provisional_epochs=1000, work=str(tmp_path / "work"), no_mps=True, device="cpu",
+        epochs=None, resume_from=None,
         run=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{small}",
              f"b=training/configs/binary_wrn22_16_adam.yaml:{small},seed=1",
              f"bad=training/configs/bonn_wrn22_16_adam.yaml:{small},lam=-1"])
@@ -82,6 +83,42 @@ def test_sweep_runs_every_config_on_one_schedule(data_dir, tmp_path, capsys):
         planned = cfg["epochs"]
     with tarfile.open(tmp_path / "out" / "bad.tar.gz") as tar:
         assert not any(m.name.endswith("checkpoint.pt") for m in tar.getmembers())
+
+
+def test_fixed_schedule_continues_across_loans(data_dir, tmp_path, monkeypatch, capsys):
+    """--epochs N: a loan that ends early (simulated by --stop-after 1) leaves bundles that the next loan
+    resumes on the same N-epoch schedule, ending with every epoch logged once."""
+    packed = tmp_path / "packed.npz"
+    gpu_sweep.pack(data_dir, packed)
+    small = "batch_size=32,compile=false,channels_last=false,threads=1"
+
+    def loan(n: int) -> argparse.Namespace:
+        return argparse.Namespace(
+            packed=packed, out=str(tmp_path / f"out{n}"), budget_s=120.0, margin_s=4.0, restart_s=6.0,
+            safety=0.9, provisional_epochs=1000, work=str(tmp_path / f"work{n}"), no_mps=True, device="cpu",
+            epochs=3, resume_from=str(tmp_path / "out1") if n == 2 else None,
+            run=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{small}"])
+
+    launch = gpu_sweep.Sweep.launch
+    monkeypatch.setattr(gpu_sweep.Sweep, "launch", lambda self, name, extra: launch(self, name, [*extra, "--stop-after", "1"]))
+    assert gpu_sweep.run(loan(1)) == 0
+    monkeypatch.setattr(gpu_sweep.Sweep, "launch", launch)
+    assert gpu_sweep.run(loan(2)) == 0
+    assert "[a] resuming at 1/3" in capsys.readouterr().out
+    for n, want in ((1, [1]), (2, [1, 2, 3])):
+        with tarfile.open(tmp_path / f"out{n}" / "a.tar.gz") as tar:
+            recs = [json.loads(line) for line in tar.extractfile("a/metrics.jsonl").read().splitlines()]
+            assert json.load(tar.extractfile("a/config.json"))["epochs"] == 3
+        assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == want
+
+
+def test_bundle_with_unsafe_path_is_refused(tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    (tmp_path / "f").write_text("x")
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(tmp_path / "f", arcname="../escape")
+    with tarfile.open(bad) as tar, pytest.raises(ValueError, match="unsafe path"):
+        gpu_sweep.safe_extract(tar, tmp_path / "dest")
 
 
 if __name__ == "__main__":
