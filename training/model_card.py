@@ -71,6 +71,11 @@ def _ranges(epochs: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out) or "none"
 
 
+def _prior_update(cfg: dict) -> str:
+    # older runs predate the option and used the network's optimizer
+    return "plain SGD" if cfg.get("prior_update", "optimizer") == "sgd" else f"the network's {cfg['optimizer']}"
+
+
 def _schedule(ends: list[int]) -> str:
     if len(ends) <= 1:
         return "cosine to 0"
@@ -103,7 +108,8 @@ def render_md(card: dict[str, Any]) -> str:
         + (f"momentum {cfg['momentum']}, " if cfg["optimizer"] == "sgd" else "")
         + f"batch {cfg['batch_size']}, "
         f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}"
-        + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']} (feature loss in the last "
+        + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']}, prior mu/sigma stepped by "
+           f"{_prior_update(cfg)} (feature loss in the last "
            f"{100 * cfg['feature_fraction']:.0f}% of each cosine: epochs "
            f"{_ranges(tr['feature_loss_epochs'])})" if card["binary"] else ""),
         (f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on {host}, "
