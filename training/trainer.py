@@ -248,7 +248,8 @@ class Trainer:
 
     def save_checkpoint(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
+        # CPU tensors: a checkpoint written on a GPU opens with a plain torch.load on any machine
+        torch.save(_to_cpu(self.state_dict()), tmp)
         os.replace(tmp, path)
 
     def resume(self, path: Path) -> None:
@@ -495,3 +496,13 @@ class Trainer:
             export_onnx(model, path, arch=self.cfg["arch"])
             print(json.dumps({"exported": str(path), "bytes": path.stat().st_size}), flush=True)
         return path
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
