@@ -259,13 +259,14 @@ def fitted_schedule(sweep: Sweep, args: argparse.Namespace, deadline: float, t0:
 
 
 def progress(run_dir: Path) -> str:
-    """'epoch/schedule acc (epoch seconds)' from the run's metrics log."""
+    """'epoch/schedule test acc [val acc] (epoch seconds)' from the run's metrics log."""
     recs = epoch_records(run_dir)
     if not recs:
         return "starting"
     last = recs[-1]
     total = json.loads((run_dir / "config.json").read_text())["epochs"]
-    return f"{last['epoch']}/{total} {100 * last['test_acc']:.2f}% ({last['epoch_time_s']:.1f}s)"
+    val = f" val {100 * last['val_acc']:.2f}%" if "val_acc" in last else ""
+    return f"{last['epoch']}/{total} {100 * last['test_acc']:.2f}%{val} ({last['epoch_time_s']:.1f}s)"
 
 
 def main() -> int:

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-train", type=int, help="use only N training images (smoke tests)")
     p.add_argument("--limit-test", type=int, help="use only N test images (smoke tests)")
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--val-size", type=int, metavar="N",
+                   help="hold N training images out as a validation set (class-balanced, the same for every run); "
+                        "choose hyperparameters on it, not on the test set")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: config, auto)")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="fit the schedule to MIN minutes: after epoch 2 the cosine length becomes the number of "
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = load_yaml_config(args.config)
     overrides.setdefault("name", args.config.stem)
     for key, val in (("epochs", args.epochs), ("threads", args.threads), ("layout", args.layout),
-                     ("seed", args.seed), ("device", args.device)):
+                     ("seed", args.seed), ("device", args.device), ("val_size", args.val_size)):
         if val is not None:
             overrides[key] = val
     if args.limit_train is not None:

@@ -40,6 +40,35 @@ def load_split(data_dir: str, split: str, layout: str = "auto", limit: int | Non
     return Split(xt, yt)
 
 
+VALIDATION_SEED = 2019  # one fixed held-out set for every run, whatever the run's seed
+
+
+def hold_out(split: Split, size: int, num_classes: int = 10) -> tuple[Split, Split]:
+    """Split `size` images off a training set as a validation set: (rest, validation).
+
+    Class-balanced (size // num_classes per class, the remainder to the lowest classes) and drawn from a fixed
+    permutation, so every run of a sweep, whatever its seed, is tuned on the same images and trains on the
+    same rest. Hyperparameters are chosen on the validation set; the test set only reports."""
+    if size <= 0:
+        return split, Split(split.x[:0], split.y[:0])
+    counts = torch.bincount(split.y, minlength=num_classes)
+    quota = torch.full((num_classes,), size // num_classes, dtype=torch.long)
+    quota[: size % num_classes] += 1
+    if bool((quota > counts).any()) or size >= len(split):
+        raise ValueError(f"val_size {size} is too large for {len(split)} training images "
+                         f"(per-class counts {counts.tolist()})")
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    y_perm = split.y[perm]
+    # rank of each image among the images of its class, in permutation order
+    onehot = torch.nn.functional.one_hot(y_perm, num_classes)
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1
+    is_val = torch.zeros(len(split), dtype=torch.bool)
+    is_val[perm] = rank < quota[y_perm]
+    val_idx, rest_idx = is_val.nonzero().squeeze(1), (~is_val).nonzero().squeeze(1)
+    return (Split(split.x[rest_idx].contiguous(), split.y[rest_idx].contiguous()),
+            Split(split.x[val_idx].contiguous(), split.y[val_idx].contiguous()))
+
+
 class Normalizer:
     """uint8 NCHW -> float32 (x/255 - mean)/std, optionally channels_last."""
 

@@ -32,6 +32,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(ep, [100 * r["test_acc"] for r in epochs], "o-", label="test")
     axes[0].plot(ep, [100 * r["train_acc"] for r in epochs], "s--", label="train (augmented)")
+    if any("val_acc" in r for r in epochs):
+        axes[0].plot([r["epoch"] for r in epochs if "val_acc" in r],
+                     [100 * r["val_acc"] for r in epochs if "val_acc" in r], "d-", label="validation")
     axes[0].set(xlabel="epoch", ylabel="accuracy %", title=f"{name}: accuracy")
     axes[1].plot(ep, [r["train_ce"] for r in epochs], "o-", label="train CE")
     axes[1].plot(ep, [r["test_loss"] for r in epochs], "s--", label="test CE")

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .binarize import BinaryConv2d
-from .data import Normalizer, Split, eval_batches, load_split, train_batches
+from .data import Normalizer, Split, eval_batches, hold_out, load_split, train_batches
 from .losses import BayesianFeatureLoss, BayesianKernelLoss, bimodality, binary_layers, clamp_recon_
 from .models import ARCHS, build_model
 
@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = dict(
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, slow_lr_scale=0.1,
     lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25, prior_update="optimizer",
     channels_last=True, compile=False, threads=1, device="auto", log_every=50, eval_batch=500,
-    layout="auto", limit_train=None, limit_test=None, export=True, hist_layers=3,
+    layout="auto", limit_train=None, limit_test=None, val_size=0, export=True, hist_layers=3,
 )
 
 
@@ -44,7 +44,7 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
     for key, kind in (("lam", float), ("nu", float), ("theta", float), ("lr", float), ("weight_decay", float),
                       ("momentum", float), ("slow_lr_scale", float), ("center_alpha", float),
                       ("feature_fraction", float), ("dropout", float), ("epochs", int), ("batch_size", int),
-                      ("seed", int)):
+                      ("seed", int), ("val_size", int)):
         try:
             cfg[key] = kind(cfg[key])
         except (TypeError, ValueError):
@@ -56,6 +56,8 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
     for key in ("lam", "nu", "theta", "lr", "weight_decay"):
         if float(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0")
+    if int(cfg["val_size"]) < 0:
+        raise ValueError("val_size must be >= 0")
     if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1:
         raise ValueError("epochs and batch_size must be >= 1")
     if not 0.0 <= float(cfg["feature_fraction"]) <= 1.0:
@@ -118,7 +120,11 @@ class Trainer:
                                                     cfg["theta"], cfg["center_alpha"]).to(self.device)
         self.optimizer, self.prior_optimizer = self._make_optimizers()
         self.norm = Normalizer(self.spec.mean, self.spec.std, bool(cfg["channels_last"])).to(self.device)
-        self.train = load_split(data_dir, "train", cfg["layout"], cfg["limit_train"]).to(self.device)
+        train = load_split(data_dir, "train", cfg["layout"], cfg["limit_train"])
+        # val_size > 0: tune on held-out training images (same ones for every run), never on the test set.
+        train, val = hold_out(train, int(cfg["val_size"]), int(cfg["num_classes"]))
+        self.train = train.to(self.device)
+        self.val = val.to(self.device) if len(val) else None
         self.test = load_split(data_dir, "test", cfg["layout"], cfg["limit_test"]).to(self.device)
         self.steps_per_epoch = len(self.train) // int(cfg["batch_size"])
         if self.steps_per_epoch < 1:
@@ -226,6 +232,8 @@ class Trainer:
             if ckpt["config"].get(key) != self.cfg.get(key):
                 raise ValueError(f"checkpoint {key}={ckpt['config'].get(key)!r} differs from config "
                                  f"{self.cfg.get(key)!r}")
+        if int(ckpt["config"].get("val_size", 0)) != int(self.cfg["val_size"]):
+            raise ValueError("checkpoint val_size differs from config (it would train on other images)")
         if ckpt["config"].get("prior_update", "optimizer") != self.cfg["prior_update"]:
             raise ValueError("checkpoint prior_update differs from config (the optimizer states do not match)")
         self.model.load_state_dict(ckpt["model"])
@@ -380,7 +388,7 @@ class Trainer:
         return res
 
     @torch.no_grad()
-    def evaluate(self, split: Split | None = None) -> dict[str, float]:
+    def evaluate(self, split: Split | None = None, prefix: str = "test") -> dict[str, float]:
         split = split or self.test
         self.model.eval()
         correct, loss_sum = 0, 0.0
@@ -389,7 +397,14 @@ class Trainer:
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
         n = len(split)
-        return {"test_acc": correct / n, "test_loss": loss_sum / n}
+        return {f"{prefix}_acc": correct / n, f"{prefix}_loss": loss_sum / n}
+
+    def evaluate_all(self) -> dict[str, float]:
+        """Test metrics, and validation metrics when the run holds a validation set out."""
+        out = self.evaluate()
+        if self.val is not None:
+            out.update(self.evaluate(self.val, "val"))
+        return out
 
     @torch.no_grad()
     def weight_stats(self) -> dict[str, Any]:
@@ -435,14 +450,14 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
             if self.epoch == 0 and self.step == 0:
-                self.log({"kind": "init", "epoch": 0, **self.evaluate(), **self.weight_stats()})
+                self.log({"kind": "init", "epoch": 0, **self.evaluate_all(), **self.weight_stats()})
         last: dict[str, Any] = {}
         while self.epoch < epochs:
             t_epoch = time.time()
             rec = self.run_epoch(progress)
             self.epoch += 1
             if self.rank == 0:
-                last = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **rec, **self.evaluate(),
+                last = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **rec, **self.evaluate_all(),
                         **self.weight_stats(), "time": time.time()}
                 if self.kernel_loss is not None:
                     last["kernel_value"] = self.kernel_loss.value()
@@ -483,9 +498,11 @@ class Trainer:
                             num_classes=int(self.cfg["num_classes"]), dropout=float(self.cfg["dropout"]))
         model.load_state_dict(self.model.state_dict())  # contiguous NCHW copy for the exporters
         model.eval()
-        last = self.evaluate()
+        last = self.evaluate_all()
         prov = {"trained": True, "run": self.cfg["name"], "epochs": self.epoch, "steps": self.step,
                 "config": dict(self.cfg), "torch_test_acc": last["test_acc"]}
+        if "val_acc" in last:
+            prov["torch_val_acc"] = last["val_acc"]
         if self.model.binary:
             path = self.out / "model.bonn"
             digest = export_bonn(model, path, self.cfg["arch"], provenance=prov)
