@@ -126,6 +126,7 @@ class Sweep:
         self.work, self.data_dir, self.device = work, data_dir, device
         self.runs = {name: (cfg, ov) for name, cfg, ov in map(parse_run, specs)}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.extra: dict[str, list[str]] = {}  # each run's last launch arguments (a retry repeats them)
         self.retried: set[str] = set()
 
     def run_dir(self, name: str) -> Path:
@@ -137,6 +138,7 @@ class Sweep:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.work / f"{name}.yaml"
         write_config(cfg_src, cfg, name, overrides)
+        self.extra[name] = extra
         cmd = [sys.executable, "-m", "training.cli_train", "--config", str(cfg), "--data-dir", str(self.data_dir),
                "--out", str(run_dir), "--device", self.device, "--no-export", "--no-progress", "--no-plots", *extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_COMPILE_THREADS": "4"}
@@ -145,7 +147,7 @@ class Sweep:
             log.flush()
             self.procs[name] = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
-    def wait(self, until: float, t0: float, extra: list[str]) -> None:
+    def wait(self, until: float, t0: float) -> None:
         """Until every run has exited or `until` passes; print progress every 30 s."""
         last_report = 0.0
         while self.procs and time.time() < until:
@@ -160,7 +162,7 @@ class Sweep:
                     self.retried.add(name)
                     print(f"[{name}] retrying with compile: false", flush=True)
                     self.runs[name][1]["compile"] = "false"
-                    self.launch(name, extra)
+                    self.launch(name, self.extra[name])
             if time.time() - last_report > 30:
                 last_report = time.time()
                 print(f"t={time.time() - t0:.0f}s " + " ".join(f"{n}:{progress(self.run_dir(n))}" for n in self.runs),
@@ -213,17 +215,19 @@ def run(args: argparse.Namespace) -> int:
 def fixed_schedule(sweep: Sweep, args: argparse.Namespace, deadline: float, t0: float) -> None:
     """A campaign longer than one loan: every run follows the same `--epochs` cosine, starts from its bundle in
     --resume-from when there is one (a past loan's output), and trains until the deadline; the bundles it
-    writes continue on the next loan."""
-    for name in sweep.runs:
+    writes continue on the next loan. A run spec's own `epochs=N` overrides `--epochs`, so one loan can carry
+    a long campaign and a shorter sweep side by side."""
+    for name, (_, overrides) in sweep.runs.items():
+        epochs = str(overrides.get("epochs", args.epochs))
         bundle = Path(args.resume_from) / f"{name}.tar.gz" if args.resume_from else None
         if bundle and bundle.exists():
             with tarfile.open(bundle) as tar:
                 safe_extract(tar, sweep.run_dir(name).parent)
             print(f"[{name}] resuming at {progress(sweep.run_dir(name))}", flush=True)
-            sweep.launch(name, ["--resume", "--epochs", str(args.epochs)])
+            sweep.launch(name, ["--resume", "--epochs", epochs])
         else:
-            sweep.launch(name, ["--epochs", str(args.epochs)])
-    sweep.wait(deadline - args.margin_s, t0, ["--epochs", str(args.epochs)])
+            sweep.launch(name, ["--epochs", epochs])
+    sweep.wait(deadline - args.margin_s, t0)
 
 
 def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
@@ -240,7 +244,7 @@ def fitted_schedule(sweep: Sweep, args: argparse.Namespace, deadline: float, t0:
     phase1 = ["--epochs", str(args.provisional_epochs), "--stop-after", "2"]
     for name in sweep.runs:
         sweep.launch(name, phase1)
-    sweep.wait(deadline - args.margin_s, t0, phase1)
+    sweep.wait(deadline - args.margin_s, t0)
     t_phase1 = time.time() - t0
     per_epoch = max((r[1]["time"] - r[0]["time"] for r in map(epoch_records, map(sweep.run_dir, sweep.runs))
                      if len(r) >= 2), default=None)
@@ -255,7 +259,7 @@ def fitted_schedule(sweep: Sweep, args: argparse.Namespace, deadline: float, t0:
         phase2 = ["--resume", "--epochs", str(epochs)]
         for name in done:
             sweep.launch(name, phase2)
-        sweep.wait(deadline - args.margin_s, t0, phase2)
+        sweep.wait(deadline - args.margin_s, t0)
 
 
 def progress(run_dir: Path) -> str:

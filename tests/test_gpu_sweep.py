@@ -97,7 +97,8 @@ def test_fixed_schedule_continues_across_loans(data_dir, tmp_path, monkeypatch, 
             packed=packed, out=str(tmp_path / f"out{n}"), budget_s=120.0, margin_s=4.0, restart_s=6.0,
             safety=0.9, provisional_epochs=1000, work=str(tmp_path / f"work{n}"), no_mps=True, device="cpu",
             epochs=3, resume_from=str(tmp_path / "out1") if n == 2 else None,
-            run=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{small}"])
+            run=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{small}",
+                 f"s=training/configs/binary_wrn22_16_adam.yaml:{small},epochs=2"])  # its own, shorter cosine
 
     launch = gpu_sweep.Sweep.launch
     monkeypatch.setattr(gpu_sweep.Sweep, "launch", lambda self, name, extra: launch(self, name, [*extra, "--stop-after", "1"]))
@@ -105,11 +106,12 @@ def test_fixed_schedule_continues_across_loans(data_dir, tmp_path, monkeypatch, 
     monkeypatch.setattr(gpu_sweep.Sweep, "launch", launch)
     assert gpu_sweep.run(loan(2)) == 0
     assert "[a] resuming at 1/3" in capsys.readouterr().out
-    for n, want in ((1, [1]), (2, [1, 2, 3])):
-        with tarfile.open(tmp_path / f"out{n}" / "a.tar.gz") as tar:
-            recs = [json.loads(line) for line in tar.extractfile("a/metrics.jsonl").read().splitlines()]
-            assert json.load(tar.extractfile("a/config.json"))["epochs"] == 3
-        assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == want
+    for name, total in (("a", 3), ("s", 2)):
+        for n, want in ((1, [1]), (2, list(range(1, total + 1)))):
+            with tarfile.open(tmp_path / f"out{n}" / f"{name}.tar.gz") as tar:
+                recs = [json.loads(line) for line in tar.extractfile(f"{name}/metrics.jsonl").read().splitlines()]
+                assert json.load(tar.extractfile(f"{name}/config.json"))["epochs"] == total
+            assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == want
 
 
 def test_bundle_with_unsafe_path_is_refused(tmp_path):
