@@ -254,6 +254,8 @@ def fitted_schedule(sweep: Sweep, args: argparse.Namespace, deadline: float, t0:
     else:
         left = deadline - args.margin_s - time.time() - args.restart_s
         epochs = 2 + max(int(args.safety * left / per_epoch), 0)
+        if args.max_epochs:
+            epochs = min(epochs, max(args.max_epochs, 2))
         print(f"phase 1 took {t_phase1:.0f}s; slowest epoch {per_epoch:.1f}s; {left:.0f}s left -> "
               f"every run trains {epochs} epochs", flush=True)
         phase2 = ["--resume", "--epochs", str(epochs)]
@@ -290,6 +292,7 @@ def main() -> int:
     r.add_argument("--safety", type=float, default=0.85, help="fraction of the measured time rate to plan on")
     r.add_argument("--epochs", type=int, help="fixed schedule for a campaign over several loans (no fitting)")
     r.add_argument("--resume-from", help="folder of bundles from an earlier loan to continue (with --epochs)")
+    r.add_argument("--max-epochs", type=int, help="never plan more epochs than this (a loan longer than needed)")
     r.add_argument("--provisional-epochs", type=int, default=1000)
     r.add_argument("--work", default="/tmp/gpu_sweep")
     r.add_argument("--no-mps", action="store_true")
