@@ -93,7 +93,7 @@ def test_fixed_schedule_continues_across_loans(data_dir, tmp_path, monkeypatch, 
 
     def loan(n: int) -> argparse.Namespace:
         return argparse.Namespace(
-            packed=packed, out=str(tmp_path / f"out{n}"), budget_s=120.0, margin_s=4.0, restart_s=6.0,
+            packed=packed, out=str(tmp_path / f"out{n}"), budget_s=900.0, margin_s=4.0, restart_s=6.0,
             safety=0.9, provisional_epochs=1000, work=str(tmp_path / f"work{n}"), no_mps=True, device="cpu",
             epochs=3, resume_from=str(tmp_path / "out1") if n == 2 else None, max_epochs=None,
             run=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{small}",
