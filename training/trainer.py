@@ -228,14 +228,12 @@ class Trainer:
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("format") != "bonn-serve-train/1":
             raise ValueError("not a bonn-serve training checkpoint")
-        for key in ("arch", "binary", "lam", "theta", "num_classes"):
-            if ckpt["config"].get(key) != self.cfg.get(key):
-                raise ValueError(f"checkpoint {key}={ckpt['config'].get(key)!r} differs from config "
-                                 f"{self.cfg.get(key)!r}")
-        if int(ckpt["config"].get("val_size", 0)) != int(self.cfg["val_size"]):
-            raise ValueError("checkpoint val_size differs from config (it would train on other images)")
-        if ckpt["config"].get("prior_update", "optimizer") != self.cfg["prior_update"]:
-            raise ValueError("checkpoint prior_update differs from config (the optimizer states do not match)")
+        # What must match to continue the same run: the net and losses, the optimizer states' layout
+        # (prior_update) and the images trained on (val_size). Keys older checkpoints lack take their default.
+        for key in ("arch", "binary", "lam", "theta", "num_classes", "prior_update", "val_size"):
+            saved = ckpt["config"].get(key, DEFAULTS[key])
+            if saved != self.cfg[key]:
+                raise ValueError(f"checkpoint {key}={saved!r} differs from config {self.cfg[key]!r}")
         self.model.load_state_dict(ckpt["model"])
         if self.kernel_loss is not None:
             self.kernel_loss.load_state_dict(ckpt["kernel_loss"])
