@@ -71,6 +71,13 @@ def table(groups: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def emit(text: str, out: Path | None) -> None:
+    """Print a markdown table, and write it to `out` when given."""
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.summarize", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="run directories (config.json + metrics.jsonl)")
@@ -80,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         text = table(group_runs(args.runs))
     except (OSError, ValueError) as e:
         raise SystemExit(f"summarize: {e}")
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
     return 0
 
 

@@ -1,0 +1,60 @@
+"""training.margin: two runs compared at equal epochs, per window of epochs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.margin import epoch_accuracy, main, windows
+
+
+def write_log(path, accs, extra=()):
+    recs = [{"kind": "step", "epoch": 1, "ce": 2.0}]
+    recs += [{"kind": "epoch", "epoch": e, "test_acc": a} for e, a in accs.items()]
+    recs += list(extra)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_windows_use_common_epochs_only(tmp_path):
+    a = epoch_accuracy(write_log(tmp_path / "a.jsonl", {e: 0.50 + 0.01 * e for e in range(1, 8)}))
+    b = epoch_accuracy(write_log(tmp_path / "b.jsonl", {e: 0.52 for e in range(1, 6)}))  # 2 epochs behind
+    rows = windows(a, b, 3)
+    assert [(r["first"], r["last"], r["n"]) for r in rows] == [(1, 3, 3), (4, 5, 2), (1, 5, 5)]
+    assert rows[0]["a"] == pytest.approx(52.0) and rows[0]["diff"] == pytest.approx(0.0)
+    assert rows[1]["diff"] == pytest.approx(54.5 - 52.0)
+    assert rows[2]["a_ahead"] == 3  # epochs 3, 4, 5 (epoch 2 ties)
+
+
+def test_last_record_of_an_epoch_wins(tmp_path):
+    # A run resumed from an earlier checkpoint writes its epochs again: the later record counts.
+    path = write_log(tmp_path / "a.jsonl", {1: 0.1, 2: 0.2}, extra=[{"kind": "epoch", "epoch": 2, "test_acc": 0.3}])
+    assert epoch_accuracy(path) == {1: 0.1, 2: 0.3}
+
+
+def test_cli_reads_run_dirs_and_writes_markdown(tmp_path, capsys):
+    for name, acc in (("bonn", 0.8), ("binary", 0.7)):
+        (tmp_path / name).mkdir()
+        write_log(tmp_path / name / "metrics.jsonl", {e: acc for e in range(1, 21)})
+    out = tmp_path / "m.md"
+    assert main([str(tmp_path / "bonn"), str(tmp_path / "binary"), "--names", "BONN", "(b)",
+                 "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| epochs | BONN % | (b) % | BONN − (b) |")
+    assert lines[2] == "| 1-10 | 80.00 | 70.00 | +10.00 | 10/10 |"
+    assert lines[-1] == "| 1-20 (all) | 80.00 | 70.00 | +10.00 | 20/20 |"
+    assert out.read_text().count("\n") == 5
+
+
+def test_clear_errors(tmp_path):
+    a = write_log(tmp_path / "a.jsonl", {1: 0.5, 2: 0.5})
+    b = write_log(tmp_path / "b.jsonl", {3: 0.5})
+    with pytest.raises(SystemExit, match="share no finished epoch"):
+        main([str(a), str(b)])
+    with pytest.raises(SystemExit, match="no epoch with a test accuracy"):
+        main([str(a), str(write_log(tmp_path / "c.jsonl", {}))])
+    with pytest.raises(SystemExit, match="at least 1 epoch"):
+        main([str(a), str(a), "--window", "0"])
+    with pytest.raises(SystemExit, match="No such file"):
+        main([str(a), str(tmp_path / "missing.jsonl")])
