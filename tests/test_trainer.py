@@ -393,3 +393,87 @@ def test_gpu_checkpoint_resumes_on_cpu_with_cpu_optimizer_flags(tmp_path):
     assert b.epoch == 1 and not any(g.get("fused") for g in b.optimizer.param_groups)
     b.fit(progress=False)
     assert b.epoch == 2
+
+
+# ------------------------------------------------------------------------------------ stopping, resuming
+def _signal_during_epochs(monkeypatch, tr: Trainer, signals: int) -> None:
+    """Make the trainer's first epoch send itself `signals` SIGTERMs right before it ends."""
+    import os
+    import signal
+
+    run_epoch = tr.run_epoch
+    calls = []
+
+    def patched(progress):
+        rec = run_epoch(progress)
+        if not calls:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+        calls.append(1)
+        return rec
+
+    monkeypatch.setattr(tr, "run_epoch", patched)
+
+
+@needs_mini
+def test_a_signal_stops_after_the_epoch_checkpoint_and_resume_continues(tmp_path, monkeypatch, capsys):
+    import signal
+
+    torch.set_num_threads(1)
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = small_cfg(epochs=3, export=True)
+    tr = Trainer(cfg, str(DATA), tmp_path / "run")
+    _signal_during_epochs(monkeypatch, tr, 1)
+    last = tr.fit(progress=False)
+    assert tr.stopped_early and last["epoch"] == 1 and "SIGTERM: stopping after" in capsys.readouterr().out
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "run" / "model.bonn").exists()  # a stopped run is not finished: no export
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    again = Trainer(cfg, str(DATA), tmp_path / "run")
+    again.resume(tmp_path / "run" / "checkpoint.pt")
+    assert again.fit(progress=False)["epoch"] == 3 and not again.stopped_early
+    assert [r["epoch"] for r in _epoch_records(tmp_path / "run")] == [1, 2, 3]
+    assert (tmp_path / "run" / "model.bonn").exists()
+
+
+@needs_mini
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+    import signal
+
+    torch.set_num_threads(1)
+    before = signal.getsignal(signal.SIGTERM)
+    tr = Trainer(small_cfg(epochs=2), str(DATA), tmp_path / "run")
+    _signal_during_epochs(monkeypatch, tr, 2)
+    with pytest.raises(KeyboardInterrupt, match="before the epoch finished"):
+        tr.fit(progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # the unfinished epoch is lost, as announced
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@needs_mini
+def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path, capsys):
+    import shutil
+
+    torch.set_num_threads(1)
+    cfg = small_cfg(epochs=3)
+    run = tmp_path / "run"
+    a = Trainer(cfg, str(DATA), run)
+    a.fit(epochs=1, progress=False)
+    shutil.copy(run / "checkpoint.pt", tmp_path / "epoch1.pt")
+    a.fit(epochs=2, progress=False)
+    with open(run / "metrics.jsonl", "a") as f:  # a killed epoch 3: a step record and a line cut mid-write
+        f.write(json.dumps({"kind": "step", "epoch": 3, "step": a.step + 2, "ce": 1.0}) + "\n")
+        f.write('{"kind": "step", "ep')
+    b = Trainer(cfg, str(DATA), run)
+    b.resume(run / "checkpoint.pt")
+    assert "dropped 2 records" in capsys.readouterr().out
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("step", 0) for r in recs) == b.step == 8
+    c = Trainer(cfg, str(DATA), run)  # back to an older checkpoint: epoch 2 is dropped and trained again
+    c.resume(tmp_path / "epoch1.pt")
+    assert [r["epoch"] for r in _epoch_records(run)] == [1]
+    c.fit(progress=False)
+    assert [r["epoch"] for r in _epoch_records(run)] == [1, 2, 3]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "step"' in line]
+    assert steps == sorted(set(steps))  # no step logged twice

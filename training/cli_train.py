@@ -2,6 +2,8 @@
 
     bonn-serve train --config training/configs/bonn_wrn22_16.yaml --data-dir DIR --out runs/NAME [--epochs N]
     torchrun --nproc_per_node 2 -m training.cli_train --config ... (gloo on CPU)
+
+Ctrl-C / SIGTERM stops after the current epoch's checkpoint (a second one stops at once); `--resume` continues.
 """
 
 from __future__ import annotations
@@ -95,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         budget = None if args.time_budget is None else 60.0 * args.time_budget
         last = trainer.fit(epochs=args.stop_after, progress=not args.no_progress, time_budget_s=budget,
                            plot=not args.no_plots)
-        if last:
+        if trainer.stopped_early:
+            print(f"stopped at epoch {trainer.epoch} of {trainer.cfg['epochs']} (checkpoint written); continue "
+                  f"with: bonn-serve train --config {args.config} --out {args.out} --resume ...", flush=True)
+        elif last:
             print(f"done: epoch {last['epoch']} test_acc {last['test_acc']:.4f}", flush=True)
     finally:
         if dist.is_initialized():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,36 @@ def planned_epochs(done: int, secs_per_epoch: float, secs_left: float, floor: in
 def cosine_factor(step: int, total: int) -> float:
     """lr multiplier: cosine from 1 to 0 over `total` steps."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+class StopRequest:
+    """SIGINT/SIGTERM during `fit` ask for a clean stop: the current epoch finishes, its checkpoint is written
+    and `fit` returns (continue with `--resume`). A second signal stops at once, losing the unfinished epoch.
+    Handlers are installed only in the main thread (Python delivers signals there) and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            self.__exit__()
+            raise KeyboardInterrupt(f"stopped by signal {signum} before the epoch finished")
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this epoch's checkpoint "
+              "(send it again to stop now and lose the unfinished epoch)", flush=True)
 
 
 class Trainer:
@@ -260,6 +292,33 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if self.rank == 0:
+            self._trim_log()
+
+    def _trim_log(self) -> None:
+        """Drop the metrics records written after the checkpoint (the unfinished epoch of a stopped run, or
+        every later epoch when resuming from an older checkpoint), so that the resumed run's log reads as one
+        uninterrupted run. A line cut off mid-write is dropped too."""
+        log = self.out / "metrics.jsonl"
+        if not log.exists():
+            return
+        kept, dropped = [], 0
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if rec.get("step", 0) > self.step or rec.get("epoch", 0) > self.epoch:
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        if dropped:
+            tmp = log.with_suffix(".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, log)
+            print(f"metrics.jsonl: dropped {dropped} records written after the checkpoint "
+                  f"(epoch {self.epoch}, step {self.step})", flush=True)
 
     # ----- distributed helpers -----------------------------------------------------------------------------
     def _sync_grads(self) -> None:
@@ -450,36 +509,49 @@ class Trainer:
             if self.epoch == 0 and self.step == 0:
                 self.log({"kind": "init", "epoch": 0, **self.evaluate_all(), **self.weight_stats()})
         last: dict[str, Any] = {}
-        while self.epoch < epochs:
-            t_epoch = time.time()
-            rec = self.run_epoch(progress)
-            self.epoch += 1
-            if self.rank == 0:
-                last = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **rec, **self.evaluate_all(),
-                        **self.weight_stats(), "time": time.time()}
-                if self.kernel_loss is not None:
-                    last["kernel_value"] = self.kernel_loss.value()
-            if time_budget_s is not None:
-                per_epoch = time.time() - t_epoch
-                left = time_budget_s - (time.time() - t_start)
-                if self.epoch == planned_at:
-                    epochs = planned_epochs(self.epoch, per_epoch, left, floor=self.epoch)
-                    self.set_epochs(epochs)
-                    last["planned_epochs"] = epochs
-                    if self.rank == 0:  # the schedule changed: keep config.json in step with the checkpoint
-                        (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
-                elif left < per_epoch:
-                    epochs = self.epoch  # out of time: stop here, resumable
-            if self.rank == 0:
-                self.log(last)
-                self.save_checkpoint(self.out / "checkpoint.pt")
-                if plot:
-                    self._plot()
-            if self.world > 1:
-                dist.barrier()
+        self.stopped_early = False
+        with StopRequest() as stop:
+            while self.epoch < epochs:
+                t_epoch = time.time()
+                rec = self.run_epoch(progress)
+                self.epoch += 1
+                if self.rank == 0:
+                    last = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **rec, **self.evaluate_all(),
+                            **self.weight_stats(), "time": time.time()}
+                    if self.kernel_loss is not None:
+                        last["kernel_value"] = self.kernel_loss.value()
+                if time_budget_s is not None:
+                    per_epoch = time.time() - t_epoch
+                    left = time_budget_s - (time.time() - t_start)
+                    if self.epoch == planned_at:
+                        epochs = planned_epochs(self.epoch, per_epoch, left, floor=self.epoch)
+                        self.set_epochs(epochs)
+                        last["planned_epochs"] = epochs
+                        if self.rank == 0:  # the schedule changed: keep config.json in step with the checkpoint
+                            (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
+                    elif left < per_epoch:
+                        epochs = self.epoch  # out of time: stop here, resumable
+                if self.rank == 0:
+                    self.log(last)
+                    self.save_checkpoint(self.out / "checkpoint.pt")
+                    if plot:
+                        self._plot()
+                if self._any_rank(stop.requested) and self.epoch < epochs:
+                    self.stopped_early = True  # checkpoint written: `--resume` continues from here
+                    return last
+                if self.world > 1:
+                    dist.barrier()
         if self.rank == 0 and (self.cfg["export"] if export is None else export):
             self.export()
         return last
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when `flag` is set on any rank (a signal may reach the ranks at different moments)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def _plot(self) -> None:
         try:
