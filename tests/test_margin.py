@@ -58,3 +58,17 @@ def test_clear_errors(tmp_path):
         main([str(a), str(a), "--window", "0"])
     with pytest.raises(SystemExit, match="No such file"):
         main([str(a), str(tmp_path / "missing.jsonl")])
+
+
+def test_pairs_give_one_table_each_and_a_plot(tmp_path, capsys):
+    logs = [write_log(tmp_path / f"{n}.jsonl", {e: acc + 0.001 * e for e in range(1, 9)})
+            for n, acc in (("bonn_s0", 0.8), ("bin_s0", 0.79), ("bonn_s1", 0.8), ("bin_s1", 0.81))]
+    png = tmp_path / "m.png"
+    assert main([str(p) for p in logs] + ["--window", "4", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "bonn_s0 vs bin_s0" in out and "bonn_s1 vs bin_s1" in out
+    assert "| 1-8 (all) | 80.45 | 79.45 | +1.00 | 8/8 |" in out
+    assert "| 1-8 (all) | 80.45 | 81.45 | -1.00 | 0/8 |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="in pairs"):
+        main([str(logs[0])])

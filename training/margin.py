@@ -1,9 +1,12 @@
-"""Two runs on one schedule compared at equal epochs: `python -m training.margin RUN_A RUN_B [--window 10]`.
+"""Runs on one schedule compared at equal epochs: `python -m training.margin A B [A2 B2 ...] [--window 10]`.
 
 "BONN beats (b) at equal budget" is read off the epochs both runs have finished: per window of epochs, the
 mean test accuracy of each and their difference, and how many of those epochs A was ahead. Only meaningful
 when the runs share seed, schedule and lr (the campaign's runs do); one seed's per-epoch accuracies are
 correlated, so a window's margin is a hint to be checked on more seeds, not a significance test.
+
+Several pairs (A B A2 B2 ..., e.g. one per seed) give one table each; `--plot` draws A − B per epoch for every
+pair and, over the epochs all pairs share, their mean.
 """
 
 from __future__ import annotations
@@ -58,19 +61,57 @@ def table(rows: list[dict[str, float]], name_a: str, name_b: str) -> str:
     return "\n".join(lines)
 
 
+def plot_margins(pairs: list[tuple[dict[int, float], dict[int, float]]], labels: list[str], names: tuple[str, str],
+                 out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    diffs = []
+    for (a, b), label in zip(pairs, labels):
+        common = sorted(set(a) & set(b))
+        diffs.append({e: 100 * (a[e] - b[e]) for e in common})
+        ax.plot(common, [diffs[-1][e] for e in common], lw=0.8, alpha=0.6, label=label)
+    shared = sorted(set.intersection(*(set(d) for d in diffs)))
+    if len(pairs) > 1 and shared:
+        ax.plot(shared, [statistics.mean(d[e] for d in diffs) for e in shared], "k-", lw=2,
+                label=f"mean of {len(pairs)}")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set(xlabel="epoch", ylabel=f"{names[0]} − {names[1]} (test accuracy points)",
+           title=f"{names[0]} vs {names[1]} at equal epochs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.margin", description=__doc__.splitlines()[0])
-    p.add_argument("run_a", type=Path, help="run directory or metrics JSONL (e.g. BONN)")
-    p.add_argument("run_b", type=Path, help="run directory or metrics JSONL (e.g. the same net, losses off)")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="pairs of run directories or metrics JSONL files: A B [A2 B2 ...] (e.g. BONN, then the "
+                        "same net with the losses off)")
     p.add_argument("--window", type=int, default=10, help="epochs per row (default 10)")
     p.add_argument("--names", nargs=2, default=("A", "B"), metavar=("A", "B"), help="column names")
-    p.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    p.add_argument("--plot", type=Path, help="write the per-epoch margins of every pair to this PNG")
     args = p.parse_args(argv)
+    if len(args.runs) % 2:
+        raise SystemExit("margin: give runs in pairs: A B [A2 B2 ...]")
+    pairs_paths = list(zip(args.runs[::2], args.runs[1::2]))
     try:
-        text = table(windows(epoch_accuracy(args.run_a), epoch_accuracy(args.run_b), args.window), *args.names)
+        pairs = [(epoch_accuracy(a), epoch_accuracy(b)) for a, b in pairs_paths]
+        tables = [table(windows(a, b, args.window), *args.names) for a, b in pairs]
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"margin: {e}")
+    labels = [f"{a.stem if a.suffix else a.name} vs {b.stem if b.suffix else b.name}" for a, b in pairs_paths]
+    text = "\n\n".join(f"{label}\n\n{tab}" if len(pairs) > 1 else tab for label, tab in zip(labels, tables))
     emit(text, args.out)
+    if args.plot:
+        print(plot_margins(pairs, labels, tuple(args.names), args.plot))
     return 0
 
 
