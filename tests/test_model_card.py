@@ -8,7 +8,7 @@ import json
 import pytest
 
 from training.model_card import build_card, render_md
-from training.trainer import make_config
+from training.trainer import cosine_factor, make_config
 
 
 def _fake_run(tmp_path, lr_ends, feature_on):
@@ -31,10 +31,12 @@ def _fake_run(tmp_path, lr_ends, feature_on):
 
 def test_card_records_a_continued_schedule_and_feature_epochs(tmp_path):
     # 4-epoch cosine, then continued to 6: the lr reaches 0 at epochs 4 and 6
-    run, model, ev = _fake_run(tmp_path, [1e-3, 5e-4, 1e-4, 0.0, 3e-4, 0.0],
-                               [False, False, False, True, False, True])
+    lr_ends = [2e-3 * cosine_factor(e, 4) for e in range(1, 5)] + [2e-3 * cosine_factor(e, 6) for e in (5, 6)]
+    run, model, ev = _fake_run(tmp_path, lr_ends, [False, False, False, True, False, True])
     card = build_card(run, model, ev)
     assert card["training"]["epochs"] == 6 and card["training"]["cosine_ends"] == [4, 6]
+    assert card["training"]["lr_schedule"] == [{"first": 1, "last": 4, "cosine": 4},
+                                               {"first": 5, "last": 6, "cosine": 6}]
     assert card["training"]["feature_loss_epochs"] == [4, 6]
     assert card["accuracy"]["test_top1"] == 0.5432 and card["bytes"] == len(b"packed model bytes")
     md = render_md(card)
@@ -59,3 +61,16 @@ def test_card_names_a_remote_training_host(tmp_path):
     md = render_md(card)
     # seconds, not minutes, and the torch figure is flagged as measured on the host's test copy
     assert "median 62.0 s on an NVIDIA H200" in md and "re-encoded test copy" in md
+
+
+def test_card_reads_a_shortened_schedule_back_from_the_lr(tmp_path):
+    # a long run annealed early: 8 epochs of a 20-epoch cosine, then resumed with --epochs 11 (the lr drops
+    # onto the tail of an 11-epoch cosine and reaches 0 at epoch 11)
+    lr_ends = [2e-3 * cosine_factor(e, 20) for e in range(1, 9)] + [2e-3 * cosine_factor(e, 11) for e in (9, 10, 11)]
+    run, model, ev = _fake_run(tmp_path, lr_ends, [False] * 8 + [True] * 3)
+    card = build_card(run, model, ev)
+    assert card["training"]["lr_schedule"] == [{"first": 1, "last": 8, "cosine": 20},
+                                               {"first": 9, "last": 11, "cosine": 11}]
+    assert card["training"]["cosine_ends"] == [11]
+    md = render_md(card)
+    assert "epochs 1-8 on a 20-epoch cosine, epochs 9-11 on a 11-epoch cosine" in md

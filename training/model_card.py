@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
                      # epochs at which the cosine reached 0: more than one means the run was continued with
                      # `--resume --epochs N`, which re-enters a longer cosine (docs/method.md)
                      "cosine_ends": [r["epoch"] for r in epochs if r.get("lr_end", 1.0) <= 1e-12],
+                     "lr_schedule": lr_segments(epochs, float(cfg["lr"])),
                      "feature_loss_epochs": [r["epoch"] for r in epochs if r.get("feature_on")],
                      "epoch_time_s_median": sorted(r["epoch_time_s"] for r in epochs)[len(epochs) // 2]},
         "accuracy": {"test_top1": ev["accuracy"], "measured_with": ev["runtime"],
@@ -58,6 +60,24 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
         "paper_cifar10_top1_200_epochs": PAPER[kind],
         "latent_weight_bimodality_bc": last.get("bc_mean"),
     }
+
+
+def lr_segments(epochs: list[dict[str, Any]], lr: float) -> list[dict[str, int]]:
+    """The cosine each epoch was trained on, read back from its end-of-epoch lr: [{first, last, cosine}, ...].
+    After epoch e of a T-epoch cosine the lr factor is f = (1 + cos(pi e / T)) / 2, so T = pi e / acos(2f - 1).
+    More than one segment means the schedule was changed on resume (`--resume --epochs N`): a warm restart
+    after a finished cosine, a shortened cosine that anneals a long run early, or `--time-budget`'s plan."""
+    segs: list[dict[str, int]] = []
+    for r in epochs:
+        if "lr_end" not in r or lr <= 0:
+            return []  # runs older than the lr_end record
+        f = min(max(r["lr_end"] / lr, 0.0), 1.0)
+        length = r["epoch"] if f <= 1e-12 else round(math.pi * r["epoch"] / max(math.acos(2 * f - 1), 1e-12))
+        if segs and segs[-1]["cosine"] == length and segs[-1]["last"] == r["epoch"] - 1:
+            segs[-1]["last"] = r["epoch"]
+        else:
+            segs.append({"first": r["epoch"], "last": r["epoch"], "cosine": length})
+    return segs
 
 
 def _ranges(epochs: list[int]) -> str:
@@ -76,7 +96,12 @@ def _prior_update(cfg: dict) -> str:
     return "plain SGD" if cfg.get("prior_update", "optimizer") == "sgd" else f"the network's {cfg['optimizer']}"
 
 
-def _schedule(ends: list[int]) -> str:
+def _schedule(ends: list[int], segments: list[dict[str, int]] | None = None) -> str:
+    if segments and len(segments) > 1:
+        parts = ", ".join(f"epochs {s['first']}-{s['last']} on a {s['cosine']}-epoch cosine" for s in segments)
+        restarts = (f"; the lr reached 0 at epochs {', '.join(map(str, ends))} (warm restarts)"
+                    if len(ends) > 1 else "")
+        return f"cosine ({parts}: the schedule was changed with `--resume --epochs N`{restarts})"
     if len(ends) <= 1:
         return "cosine to 0"
     # each `--resume --epochs N` re-enters a longer cosine at the lr it has there (a warm restart)
@@ -104,7 +129,7 @@ def render_md(card: dict[str, Any]) -> str:
         f"{100 * acc['torch_test_top1_last_epoch']:.2f}%",
         f"- **Paper** (200 epochs, GPU): {card['paper_cifar10_top1_200_epochs']:.2f}%",
         f"- **Training**: {tr['epochs']} epochs ({tr['steps']} steps), {cfg['optimizer'].upper()} "
-        f"lr {cfg['lr']} {_schedule(tr['cosine_ends'])}, "
+        f"lr {cfg['lr']} {_schedule(tr['cosine_ends'], tr.get('lr_schedule'))}, "
         + (f"momentum {cfg['momentum']}, " if cfg["optimizer"] == "sgd" else "")
         + f"batch {cfg['batch_size']}, "
         f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), seed {cfg['seed']}"
