@@ -61,6 +61,9 @@ def test_card_names_a_remote_training_host(tmp_path):
     md = render_md(card)
     # seconds, not minutes, and the torch figure is flagged as measured on the host's test copy
     assert "median 62.0 s on an NVIDIA H200" in md and "re-encoded test copy" in md
+    # begun on a GPU, finished here: minutes, and the torch figure is this machine's
+    md = render_md(build_card(run, model, ev, trained_on="a 2-core CPU (epochs 2-9; epoch 1 on an NVIDIA H200)"))
+    assert "min on a 2-core CPU (epochs 2-9; epoch 1 on an NVIDIA H200)" in md and "re-encoded" not in md
 
 
 def test_card_reads_a_shortened_schedule_back_from_the_lr(tmp_path):

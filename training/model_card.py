@@ -114,8 +114,10 @@ def render_md(card: dict[str, Any]) -> str:
     tr = card["training"]
     cfg = tr["config"]
     host = tr.get("trained_on", CPU_HOST)
+    # a host text that starts with this CPU ("a 2-core CPU (epochs 35-108; 1-34 on a GPU)") ended here
+    here = host.startswith(CPU_HOST)
     # a remote training host sees its own copy of the test set (gpu_sweep.py re-encodes it for the upload)
-    torch_where = "" if host == CPU_HOST else " (there, on its JPEG re-encoded test copy)"
+    torch_where = "" if here else " (there, on its JPEG re-encoded test copy)"
     lines = [
         f"# {card['name']}",
         "",
@@ -138,7 +140,7 @@ def render_md(card: dict[str, Any]) -> str:
            f"{100 * cfg['feature_fraction']:.0f}% of each cosine: epochs "
            f"{_ranges(tr['feature_loss_epochs'])})" if card["binary"] else ""),
         (f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on {host}, "
-         f"{cfg.get('threads', 1)} torch thread(s)" if host == CPU_HOST else
+         f"{cfg.get('threads', 1)} torch thread(s)" if here else
          f"- **Epoch time**: median {tr['epoch_time_s_median']:.1f} s on {host}")
         + (", torch.compile" if cfg.get("compile") else ""),
         "",
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--eval-json", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="prefix: writes PREFIX.card.json, PREFIX.md")
-    p.add_argument("--trained-on", default=CPU_HOST, help="the training host, in words")
+    p.add_argument("--trained-on", default=CPU_HOST, help="the training host, in words; start with "
+                   f"'{CPU_HOST}' when the last epochs ran on this machine")
     args = p.parse_args(argv)
     card = build_card(args.run, args.model, args.eval_json, args.trained_on)
     Path(f"{args.out}.card.json").write_text(json.dumps(card, indent=2) + "\n")
