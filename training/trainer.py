@@ -110,8 +110,9 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
+        for sig, handler in self._previous.items():  # restore once: a second signal restores early
             signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
