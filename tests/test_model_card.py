@@ -11,10 +11,10 @@ from training.model_card import build_card, render_md
 from training.trainer import cosine_factor, make_config
 
 
-def _fake_run(tmp_path, lr_ends, feature_on):
+def _fake_run(tmp_path, lr_ends, feature_on, **cfg_extra):
     run = tmp_path / "run"
     run.mkdir()
-    cfg = make_config(dict(name="bonn_x", optimizer="adam", lr=2e-3, epochs=len(lr_ends)))
+    cfg = make_config(dict(name="bonn_x", optimizer="adam", lr=2e-3, epochs=len(lr_ends), **cfg_extra))
     (run / "config.json").write_text(json.dumps(cfg))
     recs = [{"kind": "init", "epoch": 0, "test_acc": 0.1}]
     for i, (lr_end, fon) in enumerate(zip(lr_ends, feature_on), start=1):
@@ -55,7 +55,7 @@ def test_card_for_one_cosine_and_a_mismatched_evaluation(tmp_path):
 def test_card_names_a_remote_training_host(tmp_path):
     run, model, ev = _fake_run(tmp_path, [1e-3, 0.0], [False, True])
     md = render_md(build_card(run, model, ev))
-    assert "min on a 2-core CPU" in md and "re-encoded" not in md
+    assert "min on a 2-core CPU" in md and "re-encoded" not in md and "bfloat16" not in md
     card = build_card(run, model, ev, trained_on="an NVIDIA H200")
     assert card["training"]["trained_on"] == "an NVIDIA H200"
     md = render_md(card)
@@ -77,3 +77,8 @@ def test_card_reads_a_shortened_schedule_back_from_the_lr(tmp_path):
     assert card["training"]["cosine_ends"] == [11]
     md = render_md(card)
     assert "epochs 1-8 on a 20-epoch cosine, epochs 9-11 on a 11-epoch cosine" in md
+
+
+def test_card_says_when_the_binary_convolutions_trained_in_bfloat16(tmp_path):
+    run, model, ev = _fake_run(tmp_path, [1e-3, 0.0], [False, True], binary_conv_dtype="bfloat16")
+    assert "bfloat16 binary convolutions" in render_md(build_card(run, model, ev))

@@ -142,7 +142,8 @@ def render_md(card: dict[str, Any]) -> str:
         (f"- **Epoch time**: median {tr['epoch_time_s_median'] / 60:.1f} min on {host}, "
          f"{cfg.get('threads', 1)} torch thread(s)" if here else
          f"- **Epoch time**: median {tr['epoch_time_s_median']:.1f} s on {host}")
-        + (", torch.compile" if cfg.get("compile") else ""),
+        + (", torch.compile" if cfg.get("compile") else "")
+        + (", bfloat16 binary convolutions" if cfg.get("binary_conv_dtype") == "bfloat16" else ""),
         "",
         "Short schedule: far fewer epochs than the paper's 200, so the accuracy is not comparable to the "
         "paper's number; see docs/results.md and docs/method.md.",

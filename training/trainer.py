@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .binarize import BinaryConv2d
+from .binarize import BinaryConv2d, set_binary_conv_dtype
 from .data import Normalizer, Split, eval_batches, hold_out, load_split, train_batches
 from .losses import BayesianFeatureLoss, BayesianKernelLoss, bimodality, binary_layers, clamp_recon_
 from .models import ARCHS, build_model
@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = dict(
     lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25, prior_update="optimizer",
     channels_last=True, compile=False, threads=1, device="auto", log_every=50, eval_batch=500,
     layout="auto", limit_train=None, limit_test=None, val_size=0, export=True, hist_layers=3,
+    binary_conv_dtype="float32",
 )
 
 
@@ -68,7 +69,19 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("prior_update must be 'optimizer' or 'sgd'")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ValueError("device must be 'auto', 'cpu' or 'cuda'")
+    if cfg["binary_conv_dtype"] not in CONV_DTYPES:
+        raise ValueError(f"binary_conv_dtype must be one of {sorted(CONV_DTYPES)}")
     return cfg
+
+
+CONV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether bfloat16 convolutions run on native hardware (AVX512-BF16/AMX on CPU) rather than emulated."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(name: str, world: int = 1) -> torch.device:
@@ -136,6 +149,11 @@ class Trainer:
                                  dropout=float(cfg["dropout"])).to(self.device)
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
+        conv_dtype = CONV_DTYPES[cfg["binary_conv_dtype"]]
+        if set_binary_conv_dtype(self.model, conv_dtype) and conv_dtype == torch.bfloat16 \
+                and not bf16_is_native(self.device) and self.rank == 0:
+            print("warning: binary_conv_dtype bfloat16 on hardware without native bfloat16: it is emulated "
+                  "and likely slower than float32", flush=True)
         # torch.compile fuses the many small elementwise ops (BN, sign, STE masks, PReLU, adds) around the
         # convolutions: 1.45x faster per training step on this CPU. Only the training forward is compiled;
         # evaluation and export use the plain module, and state_dict keys are unchanged.
