@@ -90,3 +90,19 @@ def load_cifar10(data_dir: str | Path, split: str, layout: str = "auto") -> tupl
         raise
     except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise DatasetError(f"{where}: cannot read: {e}") from e
+
+
+def balanced_subset(y: np.ndarray, n: int) -> np.ndarray:
+    """Indices of n images taken class by class in turn (each class in file order), sorted.
+
+    Why: the npz files are class-major, so the first n images of the test split are all airplanes and a
+    `--limit` prefix would measure one class. Round-robin keeps the classes within one image of each other,
+    is deterministic and keeps file order, so a larger n contains a smaller n's images.
+    """
+    y = np.asarray(y)
+    rank = np.empty(len(y), dtype=np.int64)  # position of each image within its class
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        rank[members] = np.arange(len(members))
+    order = np.lexsort((y, rank))  # by rank within class, then class: one of each class per round
+    return np.sort(order[:n])

@@ -11,7 +11,7 @@ import torch
 
 from bonn_serve.cli import main
 from bonn_serve.commands.eval import normalize
-from bonn_serve.datasets import load_cifar10
+from bonn_serve.datasets import balanced_subset, load_cifar10
 
 from _data import CIFAR_DIR as DATA  # noqa: E402
 pytestmark = pytest.mark.skipif(not (DATA / "cifar10_mini.npz").exists(), reason="no cifar10_mini.npz")
@@ -54,7 +54,8 @@ def test_eval_through_engine_matches_torch(tmp_path):
     export_onnx(fp, tmp_path / "fp.onnx", arch="wrn22-16")
     d = _mini_dir(tmp_path)
     x, y = load_cifar10(d, "test")
-    x, y = x[:200], y[:200]
+    keep = balanced_subset(y, 200)
+    x, y = x[keep], y[keep]
     inp = torch.from_numpy(normalize(x, 1 / 255, CIFAR10_INPUT.mean, CIFAR10_INPUT.std))
     with torch.no_grad():
         torch_pred, fp_pred = model(inp).argmax(1).numpy(), fp(inp).argmax(1).numpy()
@@ -63,7 +64,7 @@ def test_eval_through_engine_matches_torch(tmp_path):
     assert main(["eval", str(tmp_path / "m.bonn"), "--data-dir", str(d), "--limit", "200", "--json", str(out),
                  "--threads", "1", "--batch", "64"]) == 0
     res = json.loads(out.read_text())
-    assert res["n"] == 200 and res["runtime"] == "bonn-serve engine"
+    assert res["n"] == 200 and res["runtime"] == "bonn-serve engine" and "class-balanced" in res["subset"]
     # a random net has many near-ties; the engine and torch must still agree on almost every argmax
     assert abs(res["accuracy"] - float((torch_pred == y).mean())) <= 0.02
     assert res["sha256"] and res["bytes"] == (tmp_path / "m.bonn").stat().st_size
@@ -73,6 +74,19 @@ def test_eval_through_engine_matches_torch(tmp_path):
     res = json.loads(out.read_text())
     assert res["runtime"].startswith("onnxruntime")
     assert abs(res["accuracy"] - float((fp_pred == y).mean())) <= 0.01
+
+
+def test_limit_takes_the_classes_in_turn():
+    y = np.repeat(np.arange(10), 7)  # class-major, like the npz files
+    idx = balanced_subset(y, 25)
+    assert len(idx) == 25 and list(idx) == sorted(idx) and len(set(idx.tolist())) == 25
+    counts = np.bincount(y[idx], minlength=10)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 25
+    assert set(balanced_subset(y, 10).tolist()) <= set(idx.tolist())  # a larger n keeps a smaller n's images
+    assert balanced_subset(y, 10).tolist() == [7 * c for c in range(10)]  # the first image of each class
+    assert len(balanced_subset(y, 1000)) == len(y)
+    uneven = np.array([0, 0, 0, 0, 1, 2])
+    assert sorted(uneven[balanced_subset(uneven, 4)].tolist()) == [0, 0, 1, 2]
 
 
 def test_eval_errors_are_clean(tmp_path, capsys):

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     p.add_argument("--threads", type=int, default=None, help="engine/onnxruntime threads (default: all)")
     p.add_argument("--batch", type=int, default=250, help="images per engine call")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate only N images, taken from the classes in turn (the files are sorted by class)")
     p.add_argument("--mean", type=float, nargs=3, default=None, help="ONNX only: channel means (0..1)")
     p.add_argument("--std", type=float, nargs=3, default=None, help="ONNX only: per-channel std (0..1 scale)")
 
@@ -74,7 +75,7 @@ def sha256_file(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bonn_serve.datasets import DatasetError, load_cifar10
+    from bonn_serve.datasets import DatasetError, balanced_subset, load_cifar10
 
     if not args.model.is_file():
         print(f"bonn-serve eval: {args.model} not found", file=sys.stderr)
@@ -88,10 +89,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"bonn-serve eval: {e}", file=sys.stderr)
         return 2
     if args.limit is not None:
-        x, y = x[:args.limit], y[:args.limit]
+        keep = balanced_subset(y, args.limit)
+        x, y = x[keep], y[keep]
     result: dict[str, Any] = {"model": str(args.model), "bytes": args.model.stat().st_size,
                               "sha256": sha256_file(args.model), "data_dir": str(args.data_dir),
                               "split": args.split}
+    if args.limit is not None:
+        result["subset"] = "class-balanced (bonn_serve.datasets.balanced_subset)"
     if args.model.suffix == ".onnx":
         import onnxruntime as ort
 
