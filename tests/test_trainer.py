@@ -190,8 +190,11 @@ def test_cli_train_refuses_to_overwrite_and_resumes(tmp_path):
     assert main(args + ["--epochs", "1"]) == 0
     with pytest.raises(SystemExit, match="exists"):
         main(args)
-    assert main(args + ["--resume"]) == 0
+    assert json.loads((out / "config.json").read_text())["binary_conv_dtype"] == "float32"
+    # a run may continue with bfloat16 binary convolutions (the option is not part of the checkpoint)
+    assert main(args + ["--resume", "--binary-conv-dtype", "bfloat16"]) == 0
     assert [r["epoch"] for r in _epoch_records(out)] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["binary_conv_dtype"] == "bfloat16"
     bad = tmp_path / "bad.yaml"
     bad.write_text("lamda: 3\n")
     with pytest.raises(SystemExit, match="unknown config keys"):

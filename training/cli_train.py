@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hold N training images out as a validation set (class-balanced, the same for every run); "
                         "choose hyperparameters on it, not on the test set")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: config, auto)")
+    p.add_argument("--binary-conv-dtype", choices=("float32", "bfloat16"),
+                   help="arithmetic of the binary convolutions while training (default: config, float32); "
+                        "bfloat16 is exact forward and faster on CPUs with AMX/AVX512-BF16 (docs/method.md 13)")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="fit the schedule to MIN minutes: after epoch 2 the cosine length becomes the number of "
                         "epochs that fit (recorded in config.json and the checkpoint)")
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = load_yaml_config(args.config)
     overrides.setdefault("name", args.config.stem)
     for key, val in (("epochs", args.epochs), ("threads", args.threads), ("layout", args.layout),
-                     ("seed", args.seed), ("device", args.device), ("val_size", args.val_size)):
+                     ("seed", args.seed), ("device", args.device), ("val_size", args.val_size),
+                     ("binary_conv_dtype", args.binary_conv_dtype)):
         if val is not None:
             overrides[key] = val
     if args.limit_train is not None:
