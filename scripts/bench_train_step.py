@@ -60,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.dtype:
         return child(args)
-    passthrough = [a for a in sys.argv[1:]]
+    passthrough = sys.argv[1:]
     results: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     for r in range(args.repeats):
         for dtype in results:

@@ -151,11 +151,15 @@ class BinaryConv2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding} (+1)")
 
 
+def binary_layers(model: nn.Module) -> list[BinaryConv2d]:
+    return [m for m in model.modules() if isinstance(m, BinaryConv2d)]
+
+
 def set_binary_conv_dtype(model: nn.Module, dtype: torch.dtype) -> int:
     """Run every binary convolution of `model` in `dtype` while training; returns how many it set."""
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"binary convolutions run in float32 or bfloat16, not {dtype}")
-    layers = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
+    layers = binary_layers(model)
     for m in layers:
         m.train_dtype = dtype
     return len(layers)

@@ -23,13 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .binarize import BinaryConv2d
+from .binarize import binary_layers
 
 SIGMA_MIN = 1e-4  # floor for every sigma after an optimizer step (keeps the Gaussians proper)
-
-
-def binary_layers(model: nn.Module) -> list[BinaryConv2d]:
-    return [m for m in model.modules() if isinstance(m, BinaryConv2d)]
 
 
 def _signs(x: torch.Tensor) -> torch.Tensor:

@@ -22,9 +22,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .binarize import BinaryConv2d, set_binary_conv_dtype
+from .binarize import BinaryConv2d, binary_layers, set_binary_conv_dtype
 from .data import Normalizer, Split, eval_batches, hold_out, load_split, train_batches
-from .losses import BayesianFeatureLoss, BayesianKernelLoss, bimodality, binary_layers, clamp_recon_
+from .losses import BayesianFeatureLoss, BayesianKernelLoss, bimodality, clamp_recon_
 from .models import ARCHS, build_model
 
 DEFAULTS: dict[str, Any] = dict(
@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = dict(
     layout="auto", limit_train=None, limit_test=None, val_size=0, export=True, hist_layers=3,
     binary_conv_dtype="float32",
 )
+CONV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -72,9 +73,6 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
     if cfg["binary_conv_dtype"] not in CONV_DTYPES:
         raise ValueError(f"binary_conv_dtype must be one of {sorted(CONV_DTYPES)}")
     return cfg
-
-
-CONV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -150,8 +148,8 @@ class Trainer:
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         conv_dtype = CONV_DTYPES[cfg["binary_conv_dtype"]]
-        if set_binary_conv_dtype(self.model, conv_dtype) and conv_dtype == torch.bfloat16 \
-                and not bf16_is_native(self.device) and self.rank == 0:
+        n_binary = set_binary_conv_dtype(self.model, conv_dtype)
+        if n_binary and conv_dtype == torch.bfloat16 and not bf16_is_native(self.device) and self.rank == 0:
             print("warning: binary_conv_dtype bfloat16 on hardware without native bfloat16: it is emulated "
                   "and likely slower than float32", flush=True)
         # torch.compile fuses the many small elementwise ops (BN, sign, STE masks, PReLU, adds) around the

@@ -88,13 +88,12 @@ def run(args: argparse.Namespace) -> int:
     except DatasetError as e:
         print(f"bonn-serve eval: {e}", file=sys.stderr)
         return 2
-    if args.limit is not None:
-        keep = balanced_subset(y, args.limit)
-        x, y = x[keep], y[keep]
     result: dict[str, Any] = {"model": str(args.model), "bytes": args.model.stat().st_size,
                               "sha256": sha256_file(args.model), "data_dir": str(args.data_dir),
                               "split": args.split}
     if args.limit is not None:
+        keep = balanced_subset(y, args.limit)
+        x, y = x[keep], y[keep]
         result["subset"] = "class-balanced (bonn_serve.datasets.balanced_subset)"
     if args.model.suffix == ".onnx":
         import onnxruntime as ort
