@@ -398,6 +398,30 @@ def test_gpu_checkpoint_resumes_on_cpu_with_cpu_optimizer_flags(tmp_path):
     assert b.epoch == 2
 
 
+def test_cpu_checkpoint_takes_this_runs_optimizer_flags_before_loading(tmp_path, monkeypatch):
+    """The other way round (a CPU campaign continued on a GPU): torch places each state's `step` by the flags in
+    the groups it loads, and a fused CUDA AdamW fails unless `step` sits on the GPU. So the saved groups must
+    carry this run's flags when torch sees them, not be patched afterwards."""
+    torch.set_num_threads(1)
+    cfg = small_cfg(optimizer="adam", lr=2e-3, limit_train=64, epochs=2)
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(epochs=1, progress=False)
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    assert not any(g.get("fused") for g in ckpt["optimizer"]["param_groups"])
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    for g in b.optimizer.param_groups:
+        g["fused"] = True  # as on a CUDA device (torch also has a fused AdamW on the CPU)
+    seen = []
+    load = torch.optim.Optimizer.load_state_dict
+    monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict",
+                        lambda opt, sd: (seen.append([g.get("fused") for g in sd["param_groups"]]), load(opt, sd))[1])
+    b.resume(tmp_path / "a" / "checkpoint.pt")
+    assert seen[0] == [True] * len(b.optimizer.param_groups)
+    assert all(g["fused"] for g in b.optimizer.param_groups)
+    b.fit(progress=False)
+    assert b.epoch == 2
+
+
 # ------------------------------------------------------------------------------------ stopping, resuming
 def _signal_during_epochs(monkeypatch, tr: Trainer, signals: int) -> None:
     """Make the trainer's first epoch send itself `signals` SIGTERMs right before it ends."""

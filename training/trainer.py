@@ -288,16 +288,15 @@ class Trainer:
             self.kernel_loss.load_state_dict(ckpt["kernel_loss"])
         if self.feature_loss is not None:
             self.feature_loss.load_state_dict(ckpt["feature_loss"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.prior_optimizer is not None:
-            self.prior_optimizer.load_state_dict(ckpt["prior_optimizer"])
-        # Group hyper-parameters (lr_scale, weight decay) come from the current config, not the checkpoint.
-        for opt, fresh in zip(self.optimizers, (o for o in self._make_optimizers() if o is not None)):
-            for g, f in zip(opt.param_groups, fresh.param_groups):
-                g["lr_scale"], g["weight_decay"] = f["lr_scale"], f["weight_decay"]
-                for key in ("fused", "foreach"):  # implementation flags follow this run's device
-                    if key in f:
-                        g[key] = f[key]
+        # This run's config decides the group hyper-parameters (lr_scale, weight decay), and its device the
+        # implementation flags (fused, foreach, capturable). Both go into the saved groups *before* loading:
+        # torch places each state's `step` by those flags, and a fused CUDA AdamW needs it on the GPU, so a
+        # checkpoint written on a CPU would otherwise fail its first step there.
+        own_keys = ("lr_scale", "weight_decay", "fused", "foreach", "capturable")
+        for opt, saved in zip(self.optimizers, (ckpt["optimizer"], ckpt.get("prior_optimizer"))):
+            for g, own in zip(saved["param_groups"], opt.param_groups):
+                g.update({k: own[k] for k in own_keys if k in own})
+            opt.load_state_dict(saved)
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
 
