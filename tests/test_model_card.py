@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from training.model_card import build_card, render_md
+from training.model_card import build_card, parse_epochs, render_md
 from training.trainer import cosine_factor, make_config
 
 
@@ -82,3 +82,34 @@ def test_card_reads_a_shortened_schedule_back_from_the_lr(tmp_path):
 def test_card_says_when_the_binary_convolutions_trained_in_bfloat16(tmp_path):
     run, model, ev = _fake_run(tmp_path, [1e-3, 0.0], [False, True], binary_conv_dtype="bfloat16")
     assert "bfloat16 binary convolutions" in render_md(build_card(run, model, ev))
+
+
+def test_card_gives_each_host_its_own_epoch_time(tmp_path):
+    """A campaign that moved between a lent GPU and this CPU: one median over both would describe neither."""
+    run, model, ev = _fake_run(tmp_path, [1e-3] * 5 + [0.0], [False] * 6)
+    card = build_card(run, model, ev, remote_epochs=parse_epochs("1-2,4"), remote_host="an NVIDIA H200")
+    hosts = card["training"]["hosts"]
+    assert [h["host"] for h in hosts] == ["a 2-core CPU", "an NVIDIA H200"]  # the last epoch ran here
+    assert hosts[0]["epochs"] == "3, 5-6" and hosts[0]["epoch_time_s_median"] == 65.0
+    assert hosts[1]["epochs"] == "1-2, 4" and hosts[1]["epoch_time_s_median"] == 62.0
+    assert card["training"]["trained_on"] == "a 2-core CPU (epochs 3, 5-6); an NVIDIA H200 (epochs 1-2, 4)"
+    md = render_md(card)
+    assert "median 1.1 min on a 2-core CPU (epochs 3, 5-6); 62.0 s on an NVIDIA H200 (epochs 1-2, 4)" in md
+    assert "re-encoded" not in md  # the last epoch's torch figure is this machine's
+    # ended on the GPU: the GPU comes first and the torch figure is flagged
+    card = build_card(run, model, ev, remote_epochs=parse_epochs("5-6"))
+    assert card["training"]["trained_on"].startswith("an NVIDIA H200 (epochs 5-6)")
+    assert "re-encoded test copy" in render_md(card)
+
+
+def test_card_says_when_the_budget_is_the_papers(tmp_path):
+    import math
+    n = 200
+    lr_ends = [2e-3 * (1 + math.cos(math.pi * e / n)) / 2 for e in range(1, n + 1)]
+    run, model, ev = _fake_run(tmp_path, lr_ends, [False] * n)
+    md = render_md(build_card(run, model, ev))
+    assert "The paper's budget: 200 epochs" in md and "Short schedule" not in md
+    short = tmp_path / "short"
+    short.mkdir()
+    run, model, ev = _fake_run(short, lr_ends[:10], [False] * 10)
+    assert "Short schedule" in render_md(build_card(run, model, ev))
