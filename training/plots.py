@@ -121,15 +121,25 @@ def plot_compare(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     return Path(out_path)
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    import argparse
 
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: python -m training.plots RUN_DIR [RUN_DIR ...] [--compare OUT.png]")
-    args = sys.argv[1:]
-    if "--compare" in args:
-        i = args.index("--compare")
-        print(plot_compare(args[:i], args[i + 1]))
+    p = argparse.ArgumentParser(prog="python -m training.plots",
+                                description="curves and latent-weight histograms of run dirs, or one "
+                                            "comparison plot of several")
+    p.add_argument("runs", nargs="+", type=Path, help="run dirs (each holds a metrics.jsonl)")
+    p.add_argument("--compare", metavar="OUT.png", help="one plot comparing the runs instead")
+    args = p.parse_args(argv)
+    missing = [str(r) for r in args.runs if not (r / "metrics.jsonl").is_file()]
+    if missing:
+        p.error(f"no metrics.jsonl in: {', '.join(missing)}")
+    if args.compare:
+        print(plot_compare(args.runs, args.compare))
     else:
-        for run in args:
+        for run in args.runs:
             print(plot_run(run))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
