@@ -113,3 +113,14 @@ def test_card_says_when_the_budget_is_the_papers(tmp_path):
     short.mkdir()
     run, model, ev = _fake_run(short, lr_ends[:10], [False] * 10)
     assert "Short schedule" in render_md(build_card(run, model, ev))
+
+
+def test_card_reads_each_epochs_device_from_the_log(tmp_path):
+    """Logs since session 8 name the device of every epoch, so a moved run needs no --remote-epochs."""
+    run, model, ev = _fake_run(tmp_path, [1e-3] * 3 + [0.0], [False] * 4)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in recs[1:]:
+        r["device"] = "cuda" if r["epoch"] <= 2 else "cpu"
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    card = build_card(run, model, ev)
+    assert card["training"]["trained_on"] == "a 2-core CPU (epochs 3-4); an NVIDIA H200 (epochs 1-2)"

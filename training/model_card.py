@@ -61,6 +61,8 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
     if ev["sha256"] != _sha256(model):
         raise SystemExit(f"{eval_json} was measured on a different file than {model}")
     last = epochs[-1]
+    if remote_epochs is None and trained_on == CPU_HOST:  # logs since session 8 name each epoch's device
+        remote_epochs = [r["epoch"] for r in epochs if r.get("device") == "cuda"]
     hosts = _hosts(epochs, remote_epochs, remote_host) if remote_epochs else None
     if hosts:
         # the card's text treats a host named first as the one that ran the last epoch (see render_md)

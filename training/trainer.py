@@ -456,8 +456,9 @@ class Trainer:
             torch.cuda.synchronize()
         dt = time.time() - t0
         res = {f"train_{k}": float(v) / counts[k] for k, v in sums.items() if k not in ("lr",)}
+        # device: a run resumed across machines says which epochs ran where (model cards read it)
         res.update(epoch_time_s=dt, images_per_s=n_img / max(dt, 1e-9), feature_on=feature_on,
-                   lr_end=cosine_factor(self.step, self.total_steps) * float(cfg["lr"]))
+                   device=self.device.type, lr_end=cosine_factor(self.step, self.total_steps) * float(cfg["lr"]))
         return res
 
     @torch.no_grad()
