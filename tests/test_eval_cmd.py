@@ -96,17 +96,22 @@ def test_eval_errors_are_clean(tmp_path, capsys):
     assert "no cifar10" in capsys.readouterr().err
 
 
-def test_shipped_bonn_accuracy_matches_its_card(tmp_path):
-    """`bonn-serve eval` through the engine on the 10,000 test images reproduces the card's accuracy (±0.1)."""
-    model = Path(__file__).resolve().parents[1] / "models" / "bonn-wrn22-16.bonn"
-    card = model.with_name("bonn-wrn22-16.card.json")
+@pytest.mark.parametrize("file", ["bonn-wrn22-16.bonn", "fp-wrn22-16.onnx"])
+def test_shipped_model_accuracy_matches_its_card(tmp_path, file):
+    """`bonn-serve eval` (the engine for .bonn, onnxruntime for .onnx) on the 10,000 test images reproduces the
+    card's accuracy (±0.1) and was measured on this very file."""
+    model = Path(__file__).resolve().parents[1] / "models" / file
+    card = model.with_name(model.stem + ".card.json")
     if not (model.exists() and card.exists() and (DATA / "cifar10_test.npz").exists()):
         pytest.skip("needs the shipped model, its card and the full CIFAR-10 test split")
-    if not _engine_available():
+    if model.suffix == ".bonn" and not _engine_available():
         pytest.skip("engine extension not built")
+    if model.suffix == ".onnx":
+        pytest.importorskip("onnxruntime")
     out = tmp_path / "eval.json"
     assert main(["eval", str(model), "--data-dir", str(DATA), "--split", "test", "--json", str(out)]) == 0
     got = json.loads(out.read_text())
-    stated = json.loads(card.read_text())["accuracy"]["test_top1"]
-    assert got["n"] == 10000
+    stated = json.loads(card.read_text())
+    assert got["n"] == 10000 and got["sha256"] == stated["sha256"]
+    stated = stated["accuracy"]["test_top1"]
     assert abs(100 * got["accuracy"] - 100 * stated) <= 0.1
