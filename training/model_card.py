@@ -40,14 +40,15 @@ def _median(xs: list[float]) -> float:
 
 def _hosts(epochs: list[dict[str, Any]], remote: list[int], remote_host: str) -> list[dict[str, Any]]:
     """Epoch times per training host, for a run that moved between this CPU and a lent GPU (one median over
-    both would describe neither)."""
-    out = []
-    for host, mine in ((CPU_HOST, [r for r in epochs if r["epoch"] not in remote]),
-                       (remote_host, [r for r in epochs if r["epoch"] in remote])):
-        if mine:
-            out.append({"host": host, "epochs": _ranges([r["epoch"] for r in mine]),
-                        "epoch_time_s_median": _median([r["epoch_time_s"] for r in mine])})
-    return out
+    both would describe neither). The host that ran the last epoch comes first: render_md reads the first
+    host as the one whose PyTorch test figure the card quotes."""
+    here = [r for r in epochs if r["epoch"] not in remote]
+    there = [r for r in epochs if r["epoch"] in remote]
+    order = [(CPU_HOST, here), (remote_host, there)]
+    if epochs[-1]["epoch"] in remote:
+        order.reverse()
+    return [{"host": host, "epochs": _ranges([r["epoch"] for r in mine]),
+             "epoch_time_s_median": _median([r["epoch_time_s"] for r in mine])} for host, mine in order if mine]
 
 
 def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HOST,
@@ -65,8 +66,6 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
         remote_epochs = [r["epoch"] for r in epochs if r.get("device") == "cuda"]
     hosts = _hosts(epochs, remote_epochs, remote_host) if remote_epochs else None
     if hosts:
-        # the card's text treats a host named first as the one that ran the last epoch (see render_md)
-        hosts.sort(key=lambda h: last["epoch"] not in parse_epochs(h["epochs"].replace(" ", "")))
         trained_on = "; ".join(f"{h['host']} (epochs {h['epochs']})" for h in hosts)
     kind = "fp" if not cfg["binary"] else ("bonn" if cfg["lam"] > 0 or cfg["theta"] > 0 else "binary")
     return {
