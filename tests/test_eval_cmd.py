@@ -96,7 +96,7 @@ def test_eval_errors_are_clean(tmp_path, capsys):
     assert "no cifar10" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("file", ["bonn-wrn22-16.bonn", "fp-wrn22-16.onnx"])
+@pytest.mark.parametrize("file", ["bonn-wrn22-16.bonn", "fp-wrn22-16.onnx", "wide/bonn-wrn22-64.bonn"])
 def test_shipped_model_accuracy_matches_its_card(tmp_path, file):
     """`bonn-serve eval` (the engine for .bonn, onnxruntime for .onnx) on the 10,000 test images reproduces the
     card's accuracy (±0.1) and was measured on this very file."""

@@ -36,6 +36,17 @@ def data_dir(tmp_path):
     return d
 
 
+SMALL = "batch_size=32,compile=false,channels_last=false,threads=1"  # a run spec's overrides for CPU tests
+
+
+def sweep_args(tmp_path: Path, packed: Path, runs: list[str], tag: str = "", **kw) -> argparse.Namespace:
+    """`gpu_sweep.py run` arguments for a CPU sweep: a generous budget, so only the planner's cap decides."""
+    args = dict(packed=packed, out=str(tmp_path / f"out{tag}"), budget_s=900.0, margin_s=4.0, restart_s=6.0,
+                safety=0.9, provisional_epochs=1000, work=str(tmp_path / f"work{tag}"), no_mps=True, device="cpu",
+                light=False, epochs=None, resume_from=None, max_epochs=None, run=runs)
+    return argparse.Namespace(**{**args, **kw})
+
+
 def test_pack_unpack_round_trip(data_dir, tmp_path):
     packed = tmp_path / "packed.npz"
     gpu_sweep.pack(data_dir, packed)
@@ -59,15 +70,11 @@ def test_sweep_runs_every_config_on_one_schedule(data_dir, tmp_path, capsys):
     """Two runs share one planned epoch count; a run that cannot start is retried once and left out."""
     packed = tmp_path / "packed.npz"
     gpu_sweep.pack(data_dir, packed)
-    small = "batch_size=32,compile=false,channels_last=false,threads=1"
-    args = argparse.Namespace(
-        # a generous budget and a cap: the plan is 4 epochs however slow or loaded this machine is
-        packed=packed, out=str(tmp_path / "out"), budget_s=900.0, margin_s=4.0, restart_s=6.0, safety=0.9,
-        provisional_epochs=1000, work=str(tmp_path / "work"), no_mps=True, device="cpu",
-        epochs=None, resume_from=None, max_epochs=4,
-        run=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{small}",
-             f"b=training/configs/binary_wrn22_16_adam.yaml:{small},seed=1",
-             f"bad=training/configs/bonn_wrn22_16_adam.yaml:{small},lam=-1"])
+    # a cap: the plan is 4 epochs however slow or loaded this machine is
+    args = sweep_args(tmp_path, packed, max_epochs=4, runs=[
+        f"a=training/configs/bonn_wrn22_16_adam.yaml:{SMALL}",
+        f"b=training/configs/binary_wrn22_16_adam.yaml:{SMALL},seed=1",
+        f"bad=training/configs/bonn_wrn22_16_adam.yaml:{SMALL},lam=-1"])
     assert gpu_sweep.run(args) == 0
     log = capsys.readouterr().out
     assert "[bad] retrying with compile: false" in log
@@ -89,15 +96,11 @@ def test_fixed_schedule_continues_across_loans(data_dir, tmp_path, monkeypatch, 
     resumes on the same N-epoch schedule, ending with every epoch logged once."""
     packed = tmp_path / "packed.npz"
     gpu_sweep.pack(data_dir, packed)
-    small = "batch_size=32,compile=false,channels_last=false,threads=1"
-
     def loan(n: int) -> argparse.Namespace:
-        return argparse.Namespace(
-            packed=packed, out=str(tmp_path / f"out{n}"), budget_s=900.0, margin_s=4.0, restart_s=6.0,
-            safety=0.9, provisional_epochs=1000, work=str(tmp_path / f"work{n}"), no_mps=True, device="cpu",
-            epochs=3, resume_from=str(tmp_path / "out1") if n == 2 else None, max_epochs=None,
-            run=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{small}",
-                 f"s=training/configs/binary_wrn22_16_adam.yaml:{small},epochs=2"])  # its own, shorter cosine
+        return sweep_args(tmp_path, packed, tag=str(n), epochs=3,
+                          resume_from=str(tmp_path / "out1") if n == 2 else None,
+                          runs=[f"a=training/configs/bonn_wrn22_16_adam.yaml:{SMALL}",
+                                f"s=training/configs/binary_wrn22_16_adam.yaml:{SMALL},epochs=2"])  # shorter cosine
 
     launch = gpu_sweep.Sweep.launch
     monkeypatch.setattr(gpu_sweep.Sweep, "launch", lambda self, name, extra: launch(self, name, [*extra, "--stop-after", "1"]))
@@ -124,3 +127,23 @@ def test_bundle_with_unsafe_path_is_refused(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_light_bundles_carry_the_exported_model_not_the_checkpoint(data_dir, tmp_path):
+    """--light: a 64-wide checkpoint with its Adam state (~50 MB) is over what a loan sends back per file, so the
+    bundle holds the served file instead (model.bonn for binary runs, model.onnx for FP), checked here."""
+    pytest.importorskip("onnx")
+    from bonn_serve.format import read_bonn
+
+    packed = tmp_path / "packed.npz"
+    gpu_sweep.pack(data_dir, packed)
+    args = sweep_args(tmp_path, packed, light=True, max_epochs=2, runs=[
+        f"bin=training/configs/bonn_wrn22_16_adam.yaml:{SMALL}", f"fp=training/configs/fp_wrn22_16_adam.yaml:{SMALL}"])
+    assert gpu_sweep.run(args) == 0
+    for name, served in (("bin", "model.bonn"), ("fp", "model.onnx")):
+        bundle = tmp_path / "out" / f"{name}.tar.gz"
+        with tarfile.open(bundle) as tar:
+            members = {m.name for m in tar.getmembers()}
+            assert f"{name}/{served}" in members and f"{name}/checkpoint.pt" not in members
+            gpu_sweep.safe_extract(tar, tmp_path / "x")
+    assert read_bonn(tmp_path / "x" / "bin" / "model.bonn").header["model"]["arch"] == "wrn22-16"

@@ -124,3 +124,14 @@ def test_card_reads_each_epochs_device_from_the_log(tmp_path):
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     card = build_card(run, model, ev)
     assert card["training"]["trained_on"] == "a 2-core CPU (epochs 3-4); an NVIDIA H200 (epochs 1-2)"
+
+
+@pytest.mark.parametrize("arch, lam, theta, paper", [("wrn22-16", 1e-5, 1e-2, 87.34), ("wrn22-64", 1e-5, 1e-2, 92.36),
+                                                      ("wrn22-16", 0.0, 0.0, 84.97), ("wrn22-64", 0.0, 0.0, None)])
+def test_card_quotes_the_papers_number_for_its_width(tmp_path, arch, lam, theta, paper):
+    """The wide net has its own paper numbers; the paper ran no lambda = theta = 0 net at that width."""
+    run, model, ev = _fake_run(tmp_path, [1e-3, 0.0], [False, True], arch=arch, lam=lam, theta=theta)
+    card = build_card(run, model, ev)
+    assert card["paper_cifar10_top1_200_epochs"] == paper
+    md = render_md(card)
+    assert (f"{paper:.2f}%" if paper else "no run of this variant at this width") in md

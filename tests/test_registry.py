@@ -243,3 +243,18 @@ def test_shipped_models_register(store, tmp_path):
         pytest.skip("no shipped models")
     names = {e.name for e, _ in registry.register_dir(shipped)}
     assert any(n.startswith("bonn-") for n in names) and any(n.startswith("fp-") for n in names)
+
+
+def test_shipped_wide_model_registers_on_request(store):
+    """models/wide/ is not registered by `bonn-serve serve` (models/*.bonn only); `bonn-serve register` of the
+    file puts it in the store with its card's arch and engine accuracy, and no FP baseline (none is shipped)."""
+    wide = REPO / "models" / "wide" / "bonn-wrn22-64.bonn"
+    if not wide.exists():
+        pytest.skip("no shipped wide model")
+    assert not any(n.startswith("bonn-wrn22-64") for n in
+                   (e.name for e, _ in registry.register_dir(REPO / "models")))
+    (entry, created), = registry.register(wide)
+    card = json.loads(wide.with_name("bonn-wrn22-64.card.json").read_text())
+    assert created and entry.name == "bonn-wrn22-64" and entry.kind == "bonn"
+    assert entry.labels["arch"] == "wrn22-64" and entry.labels["baseline"] == ""
+    assert entry.labels["accuracy"] == f"{card['accuracy']['test_top1']:.4f}"

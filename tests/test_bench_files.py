@@ -1,0 +1,28 @@
+"""scripts/bench_files.py: times .bonn (engine) and .onnx (onnxruntime) files against each other."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from _serving import export_random_models
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_files", ROOT / "scripts" / "bench_files.py")
+bench_files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_files)
+
+
+def test_bench_files_times_each_model_and_batch(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    try:
+        from bonn_serve import Engine  # noqa: F401
+    except ImportError:
+        pytest.skip("engine extension not built")
+    bonn, fp = export_random_models(tmp_path)
+    assert bench_files.main([str(bonn), str(fp), "--batches", "1,3", "--runs", "3", "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4  # 2 models x 2 batch sizes
+    assert sum(bonn.name in line for line in lines) == 2 and sum(fp.name in line for line in lines) == 2
+    assert all(" ms " in line for line in lines) and "x1.00 of the first" in lines[0]
