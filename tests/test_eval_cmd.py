@@ -62,12 +62,15 @@ def test_eval_through_engine_matches_torch(tmp_path):
 
     out = tmp_path / "r.json"
     assert main(["eval", str(tmp_path / "m.bonn"), "--data-dir", str(d), "--limit", "200", "--json", str(out),
-                 "--threads", "1", "--batch", "64"]) == 0
+                 "--threads", "1", "--batch", "64", "--predictions", str(tmp_path / "m.npz")]) == 0
     res = json.loads(out.read_text())
     assert res["n"] == 200 and res["runtime"] == "bonn-serve engine" and "class-balanced" in res["subset"]
     # a random net has many near-ties; the engine and torch must still agree on almost every argmax
     assert abs(res["accuracy"] - float((torch_pred == y).mean())) <= 0.02
     assert res["sha256"] and res["bytes"] == (tmp_path / "m.bonn").stat().st_size
+    with np.load(tmp_path / "m.npz") as z:  # per image, in the evaluated order
+        assert z["label"].tolist() == y.tolist() and str(z["sha256"]) == res["sha256"]
+        assert float((z["pred"] == y).mean()) == res["accuracy"] and (z["pred"] == torch_pred).mean() >= 0.98
 
     assert main(["eval", str(tmp_path / "fp.onnx"), "--data-dir", str(d), "--limit", "200",
                  "--json", str(out)]) == 0

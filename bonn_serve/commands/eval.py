@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--layout", default="auto", choices=("auto", "npz", "mini", "batches"))
     p.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    p.add_argument("--predictions", type=Path, metavar="FILE.npz",
+                   help="also save each image's predicted class and label (for a paired test of two models: "
+                        "python -m training.paired A.npz B.npz)")
     p.add_argument("--threads", type=int, default=None, help="engine/onnxruntime threads (default: all)")
     p.add_argument("--batch", type=int, default=250, help="images per engine call")
     p.add_argument("--limit", type=int, default=None,
@@ -45,7 +48,9 @@ def normalize(x_nhwc, scale: float, mean, std):
     return np.ascontiguousarray((x - m) / s, dtype=np.float32)
 
 
-def evaluate(predict: Callable, x, y, batch: int, num_classes: int, prep: Callable) -> dict[str, Any]:
+def evaluate(predict: Callable, x, y, batch: int, num_classes: int, prep: Callable,
+             predictions: list | None = None) -> dict[str, Any]:
+    """Accuracy overall and per class; each batch's predicted classes are appended to `predictions` if given."""
     import numpy as np
 
     correct = np.zeros(num_classes, np.int64)
@@ -56,6 +61,8 @@ def evaluate(predict: Callable, x, y, batch: int, num_classes: int, prep: Callab
         if logits.ndim != 2 or logits.shape[0] != len(y[i:i + batch]) or logits.shape[1] != num_classes:
             raise ValueError(f"model returned logits of shape {logits.shape}")
         pred = logits.argmax(1)
+        if predictions is not None:
+            predictions.append(pred)
         yy = y[i:i + batch]
         np.add.at(total, yy, 1)
         np.add.at(correct, yy[pred == yy], 1)
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         keep = balanced_subset(y, args.limit)
         x, y = x[keep], y[keep]
         result["subset"] = "class-balanced (bonn_serve.datasets.balanced_subset)"
+    preds: list = []
     if args.model.suffix == ".onnx":
         import onnxruntime as ort
 
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         in_name = sess.get_inputs()[0].name
         result.update(runtime=f"onnxruntime {ort.__version__}", mean=mean, std=std)
         result.update(evaluate(lambda a: sess.run(None, {in_name: a})[0], x, y, args.batch, num_classes,
-                               lambda b: normalize(b, 1.0 / 255.0, mean, std)))
+                               lambda b: normalize(b, 1.0 / 255.0, mean, std), preds))
     else:
         from bonn_serve.engine import Engine
         from bonn_serve.format import BonnFormatError
@@ -126,7 +134,16 @@ def run(args: argparse.Namespace) -> int:
                       popcount_path=engine.popcount_path, mean=spec["mean"], std=spec["std"])
         scale = float(spec.get("scale", 1 / 255))
         result.update(evaluate(engine.predict, x, y, args.batch, len(engine.classes),
-                               lambda b: normalize(b, scale, spec["mean"], spec["std"])))
+                               lambda b: normalize(b, scale, spec["mean"], spec["std"]), preds))
+    if args.predictions:
+        import numpy as np
+
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        # images in the evaluated order (the data files' order, or the --limit subset's); sha256 names the model
+        with open(args.predictions, "wb") as f:  # a file object: np.savez would append ".npz" to other names
+            np.savez(f, pred=np.concatenate(preds).astype(np.int16), label=np.asarray(y, np.int16),
+                     sha256=np.asarray(result["sha256"]), split=np.asarray(args.split))
+        result["predictions"] = str(args.predictions)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,76 @@
+"""Two models on the same test images, compared image by image: `python -m training.paired A.npz B.npz`.
+
+The inputs are `bonn-serve eval M --predictions M.npz` files. "BONN beats (b)" at one epoch is a difference of
+two accuracies measured on the same 10,000 images, so the images both get right or both get wrong say nothing
+about it; only the discordant ones do: b = A right and B wrong, c = A wrong and B right. McNemar's exact test
+asks whether b and c could be two draws of a fair coin over b + c images (two-sided binomial p), and the paired
+95 % interval of the accuracy difference is (b - c) / n +- 1.96 se with the paired standard error. This is the
+test-set sampling noise only: a second training seed moves a binary net by more (0.5-0.7 points here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+def load_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """(predicted classes, labels, split) from a `bonn-serve eval --predictions` file."""
+    with np.load(path) as z:
+        missing = {"pred", "label", "split"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: not a `bonn-serve eval --predictions` file (missing {sorted(missing)})")
+        return z["pred"].astype(np.int64), z["label"].astype(np.int64), str(z["split"])
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: 2 P(X <= min(b, c)), X ~ Binomial(b + c, 1/2), capped at 1."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = Fraction(sum(math.comb(n, k) for k in range(min(b, c) + 1)), 2**n)
+    return float(min(Fraction(1), 2 * tail))
+
+
+def compare(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracies, the discordant counts, the paired difference with its 95 % interval, and McNemar's p."""
+    if not (pred_a.shape == pred_b.shape == labels.shape) or labels.ndim != 1 or labels.size == 0:
+        raise ValueError("both prediction files must cover the same, non-empty list of images")
+    right_a, right_b = pred_a == labels, pred_b == labels
+    n = labels.size
+    b = int(np.sum(right_a & ~right_b))
+    c = int(np.sum(~right_a & right_b))
+    diff = (b - c) / n
+    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n  # paired (correlated) standard error
+    return {"n": n, "acc_a": float(right_a.mean()), "acc_b": float(right_b.mean()), "a_only": b, "b_only": c,
+            "diff": diff, "ci_low": diff - 1.96 * se, "ci_high": diff + 1.96 * se, "p": mcnemar_exact_p(b, c)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.paired", description=__doc__.split("\n")[0])
+    p.add_argument("a", type=Path, help="predictions of model A (`bonn-serve eval A --predictions A.npz`)")
+    p.add_argument("b", type=Path, help="predictions of model B, on the same images")
+    p.add_argument("--names", nargs=2, default=("A", "B"), metavar=("A", "B"))
+    args = p.parse_args(argv)
+    try:
+        pred_a, labels, split_a = load_predictions(args.a)
+        pred_b, labels_b, split_b = load_predictions(args.b)
+        if split_a != split_b or not np.array_equal(labels, labels_b):
+            raise ValueError(f"{args.a} and {args.b} were evaluated on different images")
+        r = compare(pred_a, pred_b, labels)
+    except (OSError, ValueError) as e:
+        p.exit(2, f"python -m training.paired: {e}\n")
+    a, b = args.names
+    print(f"| n | {a} % | {b} % | {a} − {b} (95 % CI) | only {a} right | only {b} right | McNemar p |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {r['n']} | {100 * r['acc_a']:.2f} | {100 * r['acc_b']:.2f} | {100 * r['diff']:+.2f} "
+          f"({100 * r['ci_low']:+.2f} … {100 * r['ci_high']:+.2f}) | {r['a_only']} | {r['b_only']} | {r['p']:.3g} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
