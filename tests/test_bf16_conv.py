@@ -89,7 +89,10 @@ def test_bf16_rounds_only_large_sums_and_only_by_bf16_precision():
     exact = sums.float() * ref.alpha.detach()
     assert not torch.equal(yf, exact)                            # rounded ...
     assert float(((yf - exact) / exact).abs().max()) <= 2.0 ** -8  # ... to bfloat16's precision only
-    assert float(((yr - exact) / exact).abs().max()) <= 1e-6
+    # float32 adds 864 terms alpha * +-1: within the textbook accumulation bound n * 2^-24 (5e-5); how close
+    # depends on the CPU's kernel (below 1e-6 on the Intel AMX machine this was written on, 1.3e-5 on an AMD
+    # EPYC one)
+    assert float(((yr - exact) / exact).abs().max()) <= 864 * 2.0 ** -24
 
 
 def test_eval_and_no_grad_always_use_float32():
