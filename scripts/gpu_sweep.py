@@ -203,9 +203,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name in sweep.runs:
         run_dir = sweep.run_dir(name)
-        files = ["checkpoint.pt", "metrics.jsonl", "config.json", "train.log"]
-        if args.light:
-            files = [*export_model(run_dir), *files[1:]]
+        state = export_model(run_dir) if args.light else ["checkpoint.pt"]
+        files = [*state, "metrics.jsonl", "config.json", "train.log"]
         with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
             for f in files:
                 if (run_dir / f).exists():
