@@ -7,34 +7,23 @@ FP model:
 
     python scripts/bench_files.py models/wide/bonn-wrn22-64.bonn models/fp-wrn22-16.onnx --batches 1,8
 
-The backends run interleaved (one call of each in turn), so load on the machine hits all of them alike;
-medians over --runs calls after a warm-up. Random inputs: speed does not depend on them.
+The backends run interleaved (`bonn_serve.bench.time_interleaved`: one call of each in turn), so load on the
+machine hits all of them alike; medians over --runs calls after a warm-up. Random inputs: speed does not
+depend on them.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def load(path: Path, threads: int):
-    """A callable x -> logits for one model file."""
-    if path.suffix == ".bonn":
-        from bonn_serve import Engine
-
-        engine = Engine.load(str(path), threads=threads)
-        return engine.predict
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
+from bonn_serve.backends import load_bonn, load_onnx  # the service's own loaders: same threads and options
+from bonn_serve.bench import time_interleaved  # `bonn-serve bench`'s interleaved timer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,22 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=300, help="timed calls per model and batch size")
     p.add_argument("--warmup", type=int, default=10)
     args = p.parse_args(argv)
-    models = {m.name: load(m, args.threads) for m in args.models}
+    models = {m.name: (load_bonn if m.suffix == ".bonn" else load_onnx)(m, args.threads)[0] for m in args.models}
     width = max(map(len, models))
     for batch in (int(b) for b in args.batches.split(",")):
         x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for i in range(args.warmup + args.runs):
-            for name, fn in models.items():
-                t0 = time.perf_counter()
-                fn(x)
-                if i >= args.warmup:
-                    times[name].append(time.perf_counter() - t0)
-        first = statistics.median(times[next(iter(models))])
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            print(f"batch {batch:3d} threads {args.threads}  {name:<{width}}  {1e3 * med:8.3f} ms  "
-                  f"(x{med / first:.2f} of the first)")
+        times = time_interleaved({name: (lambda f=fn: f(x)) for name, fn in models.items()}, args.runs, args.warmup)
+        first = times[next(iter(models))]["median_ms"]
+        for name, t in times.items():
+            print(f"batch {batch:3d} threads {args.threads}  {name:<{width}}  {t['median_ms']:8.3f} ms  "
+                  f"(x{t['median_ms'] / first:.2f} of the first)")
     return 0
 
 

@@ -16,10 +16,7 @@ spec.loader.exec_module(bench_files)
 
 def test_bench_files_times_each_model_and_batch(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    try:
-        from bonn_serve import Engine  # noqa: F401
-    except ImportError:
-        pytest.skip("engine extension not built")
+    pytest.importorskip("bonn_serve._engine", reason="engine extension not built")
     bonn, fp = export_random_models(tmp_path)
     assert bench_files.main([str(bonn), str(fp), "--batches", "1,3", "--runs", "3", "--warmup", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
