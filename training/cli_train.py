@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="run dir (checkpoint, metrics, plots, model)")
     p.add_argument("--epochs", type=int, help="override the config's epoch count (sets the cosine length)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", type=Path, metavar="CKPT",
+                   help="fine-tune: start from another run's checkpoint weights (and Bayesian state), with a "
+                        "fresh optimizer and this config's schedule")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: config)")
     p.add_argument("--layout", choices=("auto", "npz", "mini", "batches"), help="data directory layout")
     p.add_argument("--limit-train", type=int, help="use only N training images (smoke tests)")
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     overrides.setdefault("name", args.config.stem)
     for key, val in (("epochs", args.epochs), ("threads", args.threads), ("layout", args.layout),
                      ("seed", args.seed), ("device", args.device), ("val_size", args.val_size),
-                     ("binary_conv_dtype", args.binary_conv_dtype)):
+                     ("binary_conv_dtype", args.binary_conv_dtype),
+                     ("init_from", args.init_from)):
         if val is not None:
             overrides[key] = val
     if args.limit_train is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import signal
 import threading
 import time
@@ -34,8 +35,9 @@ DEFAULTS: dict[str, Any] = dict(
     lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25, prior_update="optimizer",
     channels_last=True, compile=False, threads=1, device="auto", log_every=50, eval_batch=500,
     layout="auto", limit_train=None, limit_test=None, val_size=0, export=True, hist_layers=3,
-    binary_conv_dtype="float32",
+    binary_conv_dtype="float32", feature_source="pooled", init_from=None,
 )
+FEATURE_SOURCES = ("pooled", "logits")
 CONV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -72,6 +74,10 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("device must be 'auto', 'cpu' or 'cuda'")
     if cfg["binary_conv_dtype"] not in CONV_DTYPES:
         raise ValueError(f"binary_conv_dtype must be one of {sorted(CONV_DTYPES)}")
+    if cfg["feature_source"] not in FEATURE_SOURCES:
+        raise ValueError(f"feature_source must be one of {list(FEATURE_SOURCES)}")
+    if cfg["init_from"] is not None:
+        cfg["init_from"] = str(cfg["init_from"])
     return cfg
 
 
@@ -145,6 +151,7 @@ class Trainer:
         self.spec = ARCHS[cfg["arch"]]["input"]
         self.model = build_model(cfg["arch"], binary=bool(cfg["binary"]), num_classes=int(cfg["num_classes"]),
                                  dropout=float(cfg["dropout"])).to(self.device)
+        init = self._load_init(cfg["init_from"]) if cfg["init_from"] else None
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         conv_dtype = CONV_DTYPES[cfg["binary_conv_dtype"]]
@@ -165,7 +172,8 @@ class Trainer:
                           else self.kernel_loss)
         self.feature_loss = None
         if cfg["theta"] > 0:
-            self.feature_loss = BayesianFeatureLoss(int(cfg["num_classes"]), self.model.feature_dim,
+            dim = self.model.feature_dim if cfg["feature_source"] == "pooled" else int(cfg["num_classes"])
+            self.feature_loss = BayesianFeatureLoss(int(cfg["num_classes"]), dim,
                                                     cfg["theta"], cfg["center_alpha"]).to(self.device)
         self.optimizer, self.prior_optimizer = self._make_optimizers()
         self.norm = Normalizer(self.spec.mean, self.spec.std, bool(cfg["channels_last"])).to(self.device)
@@ -182,6 +190,8 @@ class Trainer:
         self.epoch = 0   # next epoch to run
         self.step = 0    # optimizer steps done
         self.hist_idx = self._hist_layer_indices()
+        if init is not None:
+            self._init_bayesian_state(init)
 
     # ----- setup -------------------------------------------------------------------------------------------
     def set_epochs(self, epochs: int) -> None:
@@ -189,6 +199,52 @@ class Trainer:
         self.cfg["epochs"] = int(epochs)
         self.total_steps = self.steps_per_epoch * int(epochs)
         self.feature_start = int(round(int(epochs) * (1.0 - float(self.cfg["feature_fraction"]))))
+
+    def _load_init(self, path: str) -> dict[str, Any]:
+        """Fine-tuning start: the network weights of another run's checkpoint (same arch, binary, classes).
+        Everything else starts fresh: optimizer, schedule, step count. The kernel prior, built next, reads
+        its initial mu/sigma from these weights unless `_init_bayesian_state` finds them in the checkpoint."""
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise ValueError(f"init_from {path}: cannot read it ({str(e).splitlines()[0]})") from None
+        if not isinstance(ckpt, dict) or ckpt.get("format") != "bonn-serve-train/1":
+            raise ValueError(f"init_from {path}: not a bonn-serve training checkpoint")
+        for key in ("arch", "binary", "num_classes"):
+            saved = ckpt["config"].get(key, DEFAULTS[key])
+            if saved != self.cfg[key]:
+                raise ValueError(f"init_from {path}: checkpoint {key}={saved!r} differs from config "
+                                 f"{self.cfg[key]!r}")
+        self.model.load_state_dict(ckpt["model"])
+        return ckpt
+
+    @torch.no_grad()
+    def _init_bayesian_state(self, ckpt: dict[str, Any]) -> None:
+        """Carry the source run's Bayesian state over where it has the same meaning; otherwise start the feature
+        centers at the class means of the training features (the loss may be on from the first fine-tuning
+        step, and centers at 0 would pull every feature towards the origin)."""
+        if self.kernel_loss is not None and ckpt.get("kernel_loss"):
+            self.kernel_loss.load_state_dict(ckpt["kernel_loss"])
+        if self.feature_loss is None:
+            return
+        source = ckpt["config"].get("feature_source", "pooled")
+        saved = ckpt.get("feature_loss") or {}
+        if saved and source == self.cfg["feature_source"]:
+            self.feature_loss.load_state_dict(saved)
+            return
+        self.model.eval()
+        sums = torch.zeros_like(self.feature_loss.centers)
+        counts = torch.zeros(sums.shape[0], dtype=sums.dtype, device=sums.device)
+        for xb, yb in eval_batches(self.train, int(self.cfg["eval_batch"])):
+            f = self._feature(*self.model.forward_with_features(self.norm(xb)))
+            sums.index_add_(0, yb, f)
+            counts.index_add_(0, yb, torch.ones_like(yb, dtype=sums.dtype))
+        self.feature_loss.centers.copy_(sums / counts.clamp(min=1)[:, None])
+
+    def _feature(self, logits: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The vector the Bayesian feature loss models: the pooled feature that feeds the FC (default), or
+        the FC's output (`feature_source: logits`, the other reading of 'applied to the FC layer')."""
+        return logits if self.cfg["feature_source"] == "logits" else pooled
 
     def _make_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
         """The network's optimizer, and with `prior_update: sgd` a plain-SGD one for the Bayesian parameters
@@ -279,7 +335,7 @@ class Trainer:
             raise ValueError("not a bonn-serve training checkpoint")
         # What must match to continue the same run: the net and losses, the optimizer states' layout
         # (prior_update) and the images trained on (val_size). Keys older checkpoints lack take their default.
-        for key in ("arch", "binary", "lam", "theta", "num_classes", "prior_update", "val_size"):
+        for key in ("arch", "binary", "lam", "theta", "num_classes", "prior_update", "val_size", "feature_source"):
             saved = ckpt["config"].get(key, DEFAULTS[key])
             if saved != self.cfg[key]:
                 raise ValueError(f"checkpoint {key}={saved!r} differs from config {self.cfg[key]!r}")
@@ -375,7 +431,8 @@ class Trainer:
         self._sync_buffers()
         lr = self.set_lr()
         x = self.norm(xb)
-        logits, feats = self.train_forward(x)
+        logits, pooled = self.train_forward(x)
+        feats = self._feature(logits, pooled)
         ce = F.cross_entropy(logits, yb)
         loss = ce
         out: dict[str, torch.Tensor | float] = {"ce": ce.detach(),
