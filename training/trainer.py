@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import signal
 import threading
 import time
@@ -206,7 +205,7 @@ class Trainer:
         its initial mu/sigma from these weights unless `_init_bayesian_state` finds them in the checkpoint."""
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        except Exception as e:  # unreadable, truncated, or refused by weights_only: one message for all
             raise ValueError(f"init_from {path}: cannot read it ({str(e).splitlines()[0]})") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != "bonn-serve-train/1":
             raise ValueError(f"init_from {path}: not a bonn-serve training checkpoint")
