@@ -10,7 +10,8 @@ import torch
 
 from training.data import eval_batches
 from training.losses import BayesianFeatureLoss
-from training.trainer import Trainer, make_config
+from test_trainer import small_cfg as trainer_cfg  # noqa: E402
+from training.trainer import Trainer
 
 from _data import CIFAR_DIR as DATA  # noqa: E402
 
@@ -19,10 +20,8 @@ pytestmark = pytest.mark.skipif(not MINI.exists(), reason="cifar10_mini.npz not 
 
 
 def small_cfg(**kw):
-    base = dict(name="t", epochs=1, batch_size=32, limit_train=128, limit_test=64, layout="mini",
-                log_every=2, eval_batch=64, feature_fraction=1.0, export=False, channels_last=False)
-    base.update(kw)
-    return make_config(base)
+    """test_trainer's small config, one epoch with the feature loss on throughout (a fine-tuning stage)."""
+    return trainer_cfg(**{"epochs": 1, "feature_fraction": 1.0, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +141,15 @@ def test_cli_init_from(source_run, tmp_path):
     assert main(["train", "--config", str(cfg), "--data-dir", str(DATA), "--layout", "mini", "--out", str(out),
                  "--no-progress", "--init-from", str(source_run)]) == 0
     assert json.loads((out / "config.json").read_text())["init_from"] == str(source_run)
+    # resuming reads only the run's own checkpoint: the source may be gone by then
+    moved = tmp_path / "moved.pt"
+    source_run.rename(moved)
+    try:
+        assert main(["train", "--config", str(cfg), "--data-dir", str(DATA), "--layout", "mini", "--out", str(out),
+                     "--no-progress", "--init-from", str(source_run), "--resume", "--epochs", "2"]) == 0
+    finally:
+        moved.rename(source_run)
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
     with pytest.raises(SystemExit, match="cannot read"):
         main(["train", "--config", str(cfg), "--data-dir", str(DATA), "--layout", "mini",
               "--out", str(tmp_path / "bad"), "--no-progress", "--init-from", str(tmp_path / "missing.pt")])

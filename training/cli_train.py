@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         dist.init_process_group("gloo")
     try:
         try:
-            trainer = Trainer(cfg, args.data_dir, args.out)
+            trainer = Trainer(cfg, args.data_dir, args.out, load_init=not args.resume)
         except ValueError as e:  # no GPU, unreadable data, too few images: a message, not a traceback
             raise SystemExit(f"bonn-serve train: {e}")
         ckpt = args.out / "checkpoint.pt"

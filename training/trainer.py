@@ -140,7 +140,9 @@ class StopRequest:
 
 
 class Trainer:
-    def __init__(self, cfg: dict[str, Any], data_dir: str, out_dir: str | Path):
+    def __init__(self, cfg: dict[str, Any], data_dir: str, out_dir: str | Path, load_init: bool = True):
+        """`load_init=False`: the caller is about to `resume`, which replaces every state `init_from` would set,
+        so the source checkpoint is neither read nor required to still exist."""
         self.cfg = cfg
         self.out = Path(out_dir)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -150,7 +152,7 @@ class Trainer:
         self.spec = ARCHS[cfg["arch"]]["input"]
         self.model = build_model(cfg["arch"], binary=bool(cfg["binary"]), num_classes=int(cfg["num_classes"]),
                                  dropout=float(cfg["dropout"])).to(self.device)
-        init = self._load_init(cfg["init_from"]) if cfg["init_from"] else None
+        init = self._load_init(cfg["init_from"]) if cfg["init_from"] and load_init else None
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         conv_dtype = CONV_DTYPES[cfg["binary_conv_dtype"]]
