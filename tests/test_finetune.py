@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
+from _data import CIFAR_DIR as DATA
+from test_trainer import small_cfg as trainer_cfg
 
 from training.data import eval_batches
 from training.losses import BayesianFeatureLoss
-from test_trainer import small_cfg as trainer_cfg  # noqa: E402
 from training.trainer import Trainer
-
-from _data import CIFAR_DIR as DATA  # noqa: E402
 
 MINI = DATA / "cifar10_mini.npz"
 pytestmark = pytest.mark.skipif(not MINI.exists(), reason="cifar10_mini.npz not available")

@@ -207,7 +207,8 @@ class Trainer:
         its initial mu/sigma from these weights unless `_init_bayesian_state` finds them in the checkpoint."""
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unreadable, truncated, or refused by weights_only: one message for all
+        # unreadable, truncated, or refused by weights_only: one message for all
+        except Exception as e:  # noqa: BLE001
             raise ValueError(f"init_from {path}: cannot read it ({str(e).splitlines()[0]})") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != "bonn-serve-train/1":
             raise ValueError(f"init_from {path}: not a bonn-serve training checkpoint")
