@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.paired import compare, main, mcnemar_exact_p
+from training.paired import compare, main, mcnemar_exact_p, pooled
 
 
 def test_mcnemar_exact_p_known_values():
@@ -43,7 +43,7 @@ def test_cli_prints_one_table_and_refuses_different_images(tmp_path, capsys):
     _save(tmp_path / "b.npz", np.where(np.arange(100) < 30, (y + 1) % 10, y), y)
     assert main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--names", "BONN", "(b)"]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
-    assert row.startswith("| 100 | 100.00 | 70.00 | +30.00") and "| 30 | 0 |" in row
+    assert row.startswith("| a vs b | 100 | 100.00 | 70.00 | +30.00") and "| 30 | 0 |" in row
     _save(tmp_path / "c.npz", y, (y + 1) % 10)
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "a.npz"), str(tmp_path / "c.npz")])
@@ -52,3 +52,30 @@ def test_cli_prints_one_table_and_refuses_different_images(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "a.npz"), str(tmp_path / "junk.npz")])
     assert "not a `bonn-serve eval --predictions` file" in capsys.readouterr().err
+
+
+def test_pooled_sums_the_discordant_counts_of_several_pairs():
+    labels = np.arange(10) % 10
+    r1 = compare(labels, np.where(np.arange(10) < 3, (labels + 1) % 10, labels), labels)  # A only: 3
+    r2 = compare(np.where(np.arange(10) < 1, (labels + 1) % 10, labels), labels, labels)  # B only: 1
+    r = pooled([r1, r2])
+    assert (r["n"], r["a_only"], r["b_only"]) == (20, 3, 1)
+    assert r["acc_a"] == pytest.approx(19 / 20) and r["acc_b"] == pytest.approx(17 / 20)
+    assert r["diff"] == pytest.approx(2 / 20) and r["p"] == mcnemar_exact_p(3, 1)
+    assert pooled([r1]) == r1  # one pair pools to itself
+
+
+def test_cli_pools_pairs_and_refuses_an_odd_file_count(tmp_path, capsys):
+    y = np.arange(100) % 10
+    _save(tmp_path / "a1.npz", y, y)
+    _save(tmp_path / "b1.npz", np.where(np.arange(100) < 10, (y + 1) % 10, y), y)
+    _save(tmp_path / "a2.npz", np.where(np.arange(100) < 4, (y + 1) % 10, y), y)
+    _save(tmp_path / "b2.npz", y, y)
+    files = [str(tmp_path / f) for f in ("a1.npz", "b1.npz", "a2.npz", "b2.npz")]
+    assert main(files) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 5 and rows[2].startswith("| a1 vs b1 |") and rows[3].startswith("| a2 vs b2 |")
+    assert rows[4].startswith("| pooled (2 pairs) | 200 | 98.00 | 95.00 | +3.00") and "| 10 | 4 |" in rows[4]
+    with pytest.raises(SystemExit) as e:
+        main(files[:3])
+    assert e.value.code == 2 and "in pairs" in capsys.readouterr().err

@@ -1,5 +1,9 @@
 """Two models on the same test images, compared image by image: `python -m training.paired A.npz B.npz`.
 
+Several pairs (`A1 B1 A2 B2 ...`, e.g. one pair per seed or per starting point) print one row each and a pooled
+row: the discordant counts summed over the pairs, then the same test. Pooling treats the pairs' images as
+independent draws although every pair reuses the same test images, so its p is a little optimistic.
+
 The inputs are `bonn-serve eval M --predictions M.npz` files. "BONN beats (b)" at one epoch is a difference of
 two accuracies measured on the same 10,000 images, so the images both get right or both get wrong say nothing
 about it; only the discordant ones do: b = A right and B wrong, c = A wrong and B right. McNemar's exact test
@@ -36,39 +40,64 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     return float(min(Fraction(1), 2 * tail))
 
 
+def _summary(n: int, b: int, c: int, acc_a: float, acc_b: float) -> dict[str, float]:
+    """The paired difference (b - c) / n with its 95 % interval and McNemar's p, from the discordant counts."""
+    diff = (b - c) / n
+    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n  # paired (correlated) standard error
+    return {"n": n, "acc_a": acc_a, "acc_b": acc_b, "a_only": b, "b_only": c,
+            "diff": diff, "ci_low": diff - 1.96 * se, "ci_high": diff + 1.96 * se, "p": mcnemar_exact_p(b, c)}
+
+
 def compare(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracies, the discordant counts, the paired difference with its 95 % interval, and McNemar's p."""
     if not (pred_a.shape == pred_b.shape == labels.shape) or labels.ndim != 1 or labels.size == 0:
         raise ValueError("both prediction files must cover the same, non-empty list of images")
     right_a, right_b = pred_a == labels, pred_b == labels
-    n = labels.size
-    b = int(np.sum(right_a & ~right_b))
-    c = int(np.sum(~right_a & right_b))
-    diff = (b - c) / n
-    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n  # paired (correlated) standard error
-    return {"n": n, "acc_a": float(right_a.mean()), "acc_b": float(right_b.mean()), "a_only": b, "b_only": c,
-            "diff": diff, "ci_low": diff - 1.96 * se, "ci_high": diff + 1.96 * se, "p": mcnemar_exact_p(b, c)}
+    return _summary(labels.size, int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b)),
+                    float(right_a.mean()), float(right_b.mean()))
+
+
+def pooled(rows: list[dict[str, float]]) -> dict[str, float]:
+    """One comparison over several pairs: discordant counts summed, accuracies over all pairs' images."""
+    n = sum(r["n"] for r in rows)
+    return _summary(n, sum(r["a_only"] for r in rows), sum(r["b_only"] for r in rows),
+                    sum(r["acc_a"] * r["n"] for r in rows) / n, sum(r["acc_b"] * r["n"] for r in rows) / n)
+
+
+def compare_files(path_a: Path, path_b: Path) -> dict[str, float]:
+    pred_a, labels, split_a = load_predictions(path_a)
+    pred_b, labels_b, split_b = load_predictions(path_b)
+    if split_a != split_b or not np.array_equal(labels, labels_b):
+        raise ValueError(f"{path_a} and {path_b} were evaluated on different images")
+    return compare(pred_a, pred_b, labels)
+
+
+def _table_row(label: str, r: dict[str, float]) -> str:
+    return (f"| {label} | {r['n']} | {100 * r['acc_a']:.2f} | {100 * r['acc_b']:.2f} | {100 * r['diff']:+.2f} "
+            f"({100 * r['ci_low']:+.2f} … {100 * r['ci_high']:+.2f}) | {r['a_only']} | {r['b_only']} | {r['p']:.3g} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.paired", description=__doc__.split("\n")[0])
-    p.add_argument("a", type=Path, help="predictions of model A (`bonn-serve eval A --predictions A.npz`)")
-    p.add_argument("b", type=Path, help="predictions of model B, on the same images")
+    p.add_argument("files", type=Path, nargs="+", metavar="A.npz B.npz",
+                   help="predictions (`bonn-serve eval M --predictions M.npz`) of model A then model B, on the "
+                        "same images; more pairs are pooled")
     p.add_argument("--names", nargs=2, default=("A", "B"), metavar=("A", "B"))
     args = p.parse_args(argv)
+    if len(args.files) % 2:
+        p.error("give the prediction files in pairs: A1 B1 [A2 B2 ...]")
+    pairs = list(zip(args.files[::2], args.files[1::2]))
     try:
-        pred_a, labels, split_a = load_predictions(args.a)
-        pred_b, labels_b, split_b = load_predictions(args.b)
-        if split_a != split_b or not np.array_equal(labels, labels_b):
-            raise ValueError(f"{args.a} and {args.b} were evaluated on different images")
-        r = compare(pred_a, pred_b, labels)
+        rows = [compare_files(a_path, b_path) for a_path, b_path in pairs]
     except (OSError, ValueError) as e:
         p.exit(2, f"python -m training.paired: {e}\n")
     a, b = args.names
-    print(f"| n | {a} % | {b} % | {a} − {b} (95 % CI) | only {a} right | only {b} right | McNemar p |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {r['n']} | {100 * r['acc_a']:.2f} | {100 * r['acc_b']:.2f} | {100 * r['diff']:+.2f} "
-          f"({100 * r['ci_low']:+.2f} … {100 * r['ci_high']:+.2f}) | {r['a_only']} | {r['b_only']} | {r['p']:.3g} |")
+    print(f"| pair | n | {a} % | {b} % | {a} − {b} (95 % CI) | only {a} right | only {b} right | McNemar p |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (a_path, b_path), r in zip(pairs, rows):
+        print(_table_row(f"{a_path.stem} vs {b_path.stem}", r))
+    if len(rows) > 1:
+        print(_table_row(f"pooled ({len(rows)} pairs)", pooled(rows)))
     return 0
 
 
