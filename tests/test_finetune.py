@@ -79,13 +79,20 @@ def test_init_from_carries_the_bayesian_state_of_a_bonn_run(tmp_path):
     assert torch.allclose(lg.feature_loss.centers, _class_means(lg, use_logits=True), atol=1e-4)
 
 
-def test_init_from_refuses_other_nets_and_other_files(source_run, tmp_path):
+def test_init_from_refuses_other_nets_and_other_files(source_run, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="binary=True differs"):
         Trainer(small_cfg(binary=False, lam=0.0, theta=0.0, init_from=source_run), str(DATA), tmp_path / "x")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read"):
         Trainer(small_cfg(init_from=junk), str(DATA), tmp_path / "y")
+    with monkeypatch.context() as m:  # an error with an empty message still gives a one-line reason
+        def load_fails_silently(*args, **kwargs):
+            raise RuntimeError()
+
+        m.setattr(torch, "load", load_fails_silently)
+        with pytest.raises(ValueError, match=r"cannot read it \(RuntimeError\)"):
+            Trainer(small_cfg(init_from=junk), str(DATA), tmp_path / "e")
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a bonn-serve training checkpoint"):
         Trainer(small_cfg(init_from=tmp_path / "other.pt"), str(DATA), tmp_path / "z")

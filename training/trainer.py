@@ -209,7 +209,7 @@ class Trainer:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         # unreadable, truncated, or refused by weights_only: one message for all
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"init_from {path}: cannot read it ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"init_from {path}: cannot read it ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != "bonn-serve-train/1":
             raise ValueError(f"init_from {path}: not a bonn-serve training checkpoint")
         for key in ("arch", "binary", "num_classes"):
