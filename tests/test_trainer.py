@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bonn_serve.datasets import DatasetError, load_cifar10
+from training.binarize import binary_layers
 from training.data import augment, load_split, train_batches
 from training.trainer import Trainer, cosine_factor, make_config
 
@@ -504,3 +505,33 @@ def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path, capsys)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if '"kind": "step"' in line]
     assert steps == sorted(set(steps))  # no step logged twice
+
+
+# ------------------------------------------------------------------ latent-weight decay (method section 15)
+@needs_mini
+def test_latent_weight_decay_is_the_sgd_l2_step_on_latent_weights_only(tmp_path):
+    """`latent_weight_decay` adds wd * X to the latent binary weights' gradient and nothing else: after one
+    Nesterov-SGD step from the same start on the same batch, the two runs differ by exactly
+    -lr * (1 + momentum) * wd * X0 on the latent weights, and not at all elsewhere."""
+    torch.set_num_threads(1)
+    wd = 0.05
+    cfg = small_cfg(lam=0.0, theta=0.0, limit_train=64)
+    plain = Trainer(cfg, str(DATA), tmp_path / "p")
+    decayed = Trainer({**cfg, "latent_weight_decay": wd}, str(DATA), tmp_path / "d")
+    decayed.model.load_state_dict(plain.model.state_dict())
+    groups = {g["name"]: g["weight_decay"] for g in decayed.optimizer.param_groups}
+    assert groups["latent"] == wd and groups["decay"] == cfg["weight_decay"] and groups["other"] == 0.0
+    latent = {id(lay.weight) for lay in binary_layers(plain.model)}
+    x0 = {n: p.detach().clone() for n, p in plain.model.named_parameters()}
+    xb, yb = next(iter(train_batches(plain.train, 32, 0, 0, 0, 1, 0)))
+    for tr in (plain, decayed):
+        tr.train_step(xb, yb, False, measure=False)
+    lr, m = plain.optimizer.param_groups[0]["lr"], cfg["momentum"]
+    n_latent = 0
+    for (n, p), q in zip(plain.model.named_parameters(), decayed.model.parameters()):
+        expected = -lr * (1 + m) * wd * x0[n] if id(p) in latent else torch.zeros_like(p)
+        torch.testing.assert_close(q.detach() - p.detach(), expected, rtol=1e-4, atol=1e-7, msg=n)
+        n_latent += id(p) in latent
+    assert n_latent == 18
+    with pytest.raises(ValueError, match="latent_weight_decay"):
+        make_config({"latent_weight_decay": -1})

@@ -30,7 +30,8 @@ from .models import ARCHS, build_model
 DEFAULTS: dict[str, Any] = dict(
     name="run", arch="wrn22-16", binary=True, num_classes=10, dropout=0.0,
     seed=0, epochs=10, batch_size=128,
-    optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, slow_lr_scale=0.1,
+    optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, latent_weight_decay=0.0,
+    slow_lr_scale=0.1,
     lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25, prior_update="optimizer",
     channels_last=True, compile=False, threads=1, device="auto", log_every=50, eval_batch=500,
     layout="auto", limit_train=None, limit_test=None, val_size=0, export=True, hist_layers=3,
@@ -47,6 +48,7 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
     cfg = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None or k.startswith("limit_")}}
     # YAML reads "1e-5" (no dot) as a string; coerce the numeric keys so such a typo cannot slip through.
     for key, kind in (("lam", float), ("nu", float), ("theta", float), ("lr", float), ("weight_decay", float),
+                      ("latent_weight_decay", float),
                       ("momentum", float), ("slow_lr_scale", float), ("center_alpha", float),
                       ("feature_fraction", float), ("dropout", float), ("epochs", int), ("batch_size", int),
                       ("seed", int), ("val_size", int)):
@@ -58,7 +60,7 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown arch {cfg['arch']!r}; choose from {sorted(ARCHS)}")
     if cfg["optimizer"] not in ("sgd", "adam"):
         raise ValueError("optimizer must be 'sgd' or 'adam'")
-    for key in ("lam", "nu", "theta", "lr", "weight_decay"):
+    for key in ("lam", "nu", "theta", "lr", "weight_decay", "latent_weight_decay"):
         if float(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0")
     if int(cfg["val_size"]) < 0:
@@ -270,10 +272,11 @@ class Trainer:
             sigmas.append(self.feature_loss.sigma)
         wd, s = float(cfg["weight_decay"]), float(cfg["slow_lr_scale"])
         separate = cfg["prior_update"] == "sgd"
-        # w (recon) and every sigma learn at 0.1x the base lr (paper section 3.1.3); latent binary weights get
-        # no weight decay (only their signs matter; the kernel prior is their regulariser).
+        # w (recon) and every sigma learn at 0.1x the base lr (paper section 3.1.3). Latent binary weights get
+        # no weight decay by default (only their signs matter; the kernel prior is their regulariser);
+        # `latent_weight_decay` gives them the WRN recipe's decay, the paper's likely setting (method section 15).
         groups = [dict(params=decay, weight_decay=wd, lr_scale=1.0, name="decay"),
-                  dict(params=latent, weight_decay=0.0, lr_scale=1.0, name="latent"),
+                  dict(params=latent, weight_decay=float(cfg["latent_weight_decay"]), lr_scale=1.0, name="latent"),
                   dict(params=no_decay + ([] if separate else mu), weight_decay=0.0, lr_scale=1.0, name="other"),
                   dict(params=recon + ([] if separate else sigmas), weight_decay=0.0, lr_scale=s, name="slow")]
         if cfg["optimizer"] == "adam":
@@ -550,6 +553,8 @@ class Trainer:
             "kurtosis_mean": sum(s["kurtosis"] for s in stats) / len(stats),
             "near_mode_mean": sum(s["near_mode"] for s in stats) / len(stats),
             "alpha_mean": sum(float(lay.alpha) for lay in layers) / len(layers),
+            # the latent weights' scale: weight decay shrinks it, and with it the prior's sigma (method section 15)
+            "latent_abs_mean": sum(float(lay.weight.abs().mean()) for lay in layers) / len(layers),
             "bc_per_layer": [round(s["bc"], 4) for s in stats],
             "hist": {},
         }
