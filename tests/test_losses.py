@@ -86,6 +86,23 @@ def test_kernel_prior_initialised_from_latent_weights():
     assert loss.lam == 1e-4 and loss.nu == 1e-4
 
 
+def test_refit_prior_is_where_the_papers_mu_sigma_gradients_vanish():
+    """`fit_prior_` (used by `prior_update: closed_form`) puts mu/sigma at the zero of Eqs. 17-18 for the
+    current weights: the closed-form gradients there are 0, and away from it they are not."""
+    net, loss = _kernel_setup(2)
+    with torch.no_grad():
+        net[0].weight.mul_(0.1)  # weights moved since the start: the old mu/sigma no longer fit
+    before = [_closed_form(lay, mu, sg, 0.3, 0.7)[2:] for lay, mu, sg in zip(loss.layers, loss.mu, loss.sigma)]
+    assert all(float(g.abs().max()) > 1e-3 for pair in before for g in pair)
+    loss.fit_prior_()
+    for layer, mu, sigma in zip(loss.layers, loss.mu, loss.sigma):
+        _, _, gmu, gsg = _closed_form(layer, mu, sigma, 0.3, 0.7)
+        torch.testing.assert_close(gmu, torch.zeros_like(gmu), rtol=0, atol=1e-12)
+        torch.testing.assert_close(gsg, torch.zeros_like(gsg), rtol=0, atol=1e-12)
+        a = layer.weight.detach().flatten(1).abs()
+        torch.testing.assert_close(mu.detach(), a.mean(1))
+
+
 def test_sigma_and_recon_clamps_keep_them_positive():
     net, loss = _kernel_setup()
     with torch.no_grad():

@@ -535,3 +535,36 @@ def test_latent_weight_decay_is_the_sgd_l2_step_on_latent_weights_only(tmp_path)
     assert n_latent == 18
     with pytest.raises(ValueError, match="latent_weight_decay"):
         make_config({"latent_weight_decay": -1})
+
+
+@needs_mini
+def test_prior_update_closed_form_refits_mu_sigma_each_step_and_resumes_exactly(tmp_path):
+    """`prior_update: closed_form` keeps mu/sigma out of every optimizer and sets them from the weights after
+    each step (method section 16); the run resumes exactly and refuses another prior_update."""
+    torch.set_num_threads(1)
+    cfg = small_cfg(prior_update="closed_form", limit_train=64, epochs=2)
+    tr = Trainer(cfg, str(DATA), tmp_path / "one")
+    owned = {id(p) for p in tr.all_params()}
+    assert tr.prior_optimizer is None
+    assert not any(id(q) in owned or q.requires_grad for q in (*tr.kernel_loss.mu, *tr.kernel_loss.sigma))
+    xb, yb = next(iter(train_batches(tr.train, 32, 0, 0, 0, 1, 0)))
+    w0 = [lay.weight.detach().clone() for lay in tr.kernel_loss.layers]
+    tr.train_step(xb, yb, True, measure=True)
+    for layer, w, mu, sigma in zip(tr.kernel_loss.layers, w0, tr.kernel_loss.mu, tr.kernel_loss.sigma):
+        assert not torch.equal(layer.weight, w)  # the step moved the weights, and the prior followed them
+        a = layer.weight.detach().flatten(1).abs()
+        torch.testing.assert_close(mu.detach(), a.mean(1))
+        torch.testing.assert_close(sigma.detach(), a.std(1, unbiased=False))
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(progress=False)
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    b.fit(epochs=1, progress=False)
+    c = Trainer(cfg, str(DATA), tmp_path / "b")
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    c.fit(progress=False)
+    for x, y in zip([*a.model.parameters(), *a.kernel_loss.parameters()],
+                    [*c.model.parameters(), *c.kernel_loss.parameters()]):
+        assert torch.equal(x, y)
+    other = Trainer({**cfg, "prior_update": "sgd"}, str(DATA), tmp_path / "x")
+    with pytest.raises(ValueError, match="prior_update"):
+        other.resume(tmp_path / "b" / "checkpoint.pt")

@@ -41,14 +41,18 @@ class BayesianKernelLoss(nn.Module):
         super().__init__()
         self.lam, self.nu = float(lam), float(nu)
         self.layers = binary_layers(model)
-        mus, sigmas = [], []
-        with torch.no_grad():
-            for layer in self.layers:
-                a = layer.weight.detach().flatten(1).abs()
-                mus.append(nn.Parameter(a.mean(1).clone()))
-                sigmas.append(nn.Parameter(a.std(1, unbiased=False).clamp_min(SIGMA_MIN).clone()))
-        self.mu = nn.ParameterList(mus)
-        self.sigma = nn.ParameterList(sigmas)
+        self.mu = nn.ParameterList([nn.Parameter(torch.empty(lay.weight.shape[0])) for lay in self.layers])
+        self.sigma = nn.ParameterList([nn.Parameter(torch.empty(lay.weight.shape[0])) for lay in self.layers])
+        self.fit_prior_()
+
+    @torch.no_grad()
+    def fit_prior_(self) -> None:
+        """Set mu_i = mean|X_i| and sigma_i = std of |X_i| around it: the start (Alg. 1 line 1), and the point
+        where the paper's mu/sigma gradients (Eqs. 17-18) vanish (`prior_update: closed_form` refits every step)."""
+        for layer, mu, sigma in zip(self.layers, self.mu, self.sigma):
+            a = layer.weight.detach().flatten(1).abs()
+            mu.copy_(a.mean(1))
+            sigma.copy_(a.std(1, unbiased=False).clamp_min(SIGMA_MIN))
 
     def forward(self) -> torch.Tensor:
         """The loss whose autograd gradients are the paper's (mixed reductions); see module docstring."""

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = dict(
     binary_conv_dtype="float32", feature_source="pooled", init_from=None,
 )
 FEATURE_SOURCES = ("pooled", "logits")
+PRIOR_UPDATES = ("optimizer", "sgd", "closed_form")  # how the kernel prior's mu/sigma move (method 5, 16)
 CONV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -69,8 +70,8 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("epochs and batch_size must be >= 1")
     if not 0.0 <= float(cfg["feature_fraction"]) <= 1.0:
         raise ValueError("feature_fraction must be in [0, 1]")
-    if cfg["prior_update"] not in ("optimizer", "sgd"):
-        raise ValueError("prior_update must be 'optimizer' or 'sgd'")
+    if cfg["prior_update"] not in PRIOR_UPDATES:
+        raise ValueError(f"prior_update must be one of {list(PRIOR_UPDATES)}")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ValueError("device must be 'auto', 'cpu' or 'cuda'")
     if cfg["binary_conv_dtype"] not in CONV_DTYPES:
@@ -266,8 +267,13 @@ class Trainer:
         mu: list[nn.Parameter] = []
         sigmas: list[nn.Parameter] = []
         if self.kernel_loss is not None:
-            mu += list(self.kernel_loss.mu)
-            sigmas += list(self.kernel_loss.sigma)
+            if cfg["prior_update"] == "closed_form":
+                # refit after every step (train_step), so no optimizer owns them and they take no gradient
+                for q in (*self.kernel_loss.mu, *self.kernel_loss.sigma):
+                    q.requires_grad_(False)
+            else:
+                mu += list(self.kernel_loss.mu)
+                sigmas += list(self.kernel_loss.sigma)
         if self.feature_loss is not None:
             sigmas.append(self.feature_loss.sigma)
         wd, s = float(cfg["weight_decay"]), float(cfg["slow_lr_scale"])
@@ -462,7 +468,10 @@ class Trainer:
         if self.model.binary:
             clamp_recon_(self.model)
         if self.kernel_loss is not None:
-            self.kernel_loss.clamp_()
+            if self.cfg["prior_update"] == "closed_form":
+                self.kernel_loss.fit_prior_()
+            else:
+                self.kernel_loss.clamp_()
         if self.feature_loss is not None:
             self.feature_loss.clamp_()
             # Centers are tracked from the start (they do not touch the network) so they are meaningful when
