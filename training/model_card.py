@@ -129,7 +129,10 @@ def _ranges(epochs: list[int]) -> str:
 
 def _prior_update(cfg: dict) -> str:
     # older runs predate the option and used the network's optimizer
-    return "plain SGD" if cfg.get("prior_update", "optimizer") == "sgd" else f"the network's {cfg['optimizer']}"
+    mode = cfg.get("prior_update", "optimizer")
+    if mode == "closed_form":
+        return "refit to the weights after every step"
+    return "stepped by plain SGD" if mode == "sgd" else f"stepped by the network's {cfg['optimizer']}"
 
 
 def _schedule(ends: list[int], segments: list[dict[str, int]] | None = None) -> str:
@@ -192,7 +195,7 @@ def render_md(card: dict[str, Any]) -> str:
            f"weight decay {cfg['weight_decay']} (real-valued conv/FC), {cfg['latent_weight_decay']} (latent binary "
            "weights), ")
         + f"seed {cfg['seed']}"
-        + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']}, prior mu/sigma stepped by "
+        + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']}, prior mu/sigma "
            f"{_prior_update(cfg)} (feature loss in the last "
            f"{100 * cfg['feature_fraction']:.0f}% of each cosine: epochs "
            f"{_ranges(tr['feature_loss_epochs'])})" if card["binary"] else ""),
