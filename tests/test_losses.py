@@ -84,6 +84,9 @@ def test_kernel_prior_initialised_from_latent_weights():
     torch.testing.assert_close(loss.mu[0].detach(), a.mean(1))
     torch.testing.assert_close(loss.sigma[0].detach(), ((a - a.mean(1, keepdim=True)) ** 2).mean(1).sqrt())
     assert loss.lam == 1e-4 and loss.nu == 1e-4
+    # mu/sigma follow the weights' dtype (and device), not the default dtype (float64 in this module)
+    f32 = BayesianKernelLoss(torch.nn.Sequential(BinaryConv2d(2, 3, 3)).float())
+    assert all(q.dtype == torch.float32 for q in (*f32.mu, *f32.sigma))
 
 
 def test_refit_prior_is_where_the_papers_mu_sigma_gradients_vanish():

@@ -41,8 +41,10 @@ class BayesianKernelLoss(nn.Module):
         super().__init__()
         self.lam, self.nu = float(lam), float(nu)
         self.layers = binary_layers(model)
-        self.mu = nn.ParameterList([nn.Parameter(torch.empty(lay.weight.shape[0])) for lay in self.layers])
-        self.sigma = nn.ParameterList([nn.Parameter(torch.empty(lay.weight.shape[0])) for lay in self.layers])
+        # one entry per output filter, on the weights' device and dtype (a GPU model gets GPU mu/sigma)
+        self.mu = nn.ParameterList([nn.Parameter(lay.weight.new_empty(lay.weight.shape[0])) for lay in self.layers])
+        self.sigma = nn.ParameterList([nn.Parameter(lay.weight.new_empty(lay.weight.shape[0]))
+                                       for lay in self.layers])
         self.fit_prior_()
 
     @torch.no_grad()
