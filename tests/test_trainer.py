@@ -346,6 +346,23 @@ def test_time_budget_fixes_the_schedule_after_two_epochs(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------- prior_update: sgd (method §11)
+def _assert_resume_exact_and_other_prior_update_refused(cfg: dict, tmp_path: Path, other: str) -> None:
+    """A run interrupted after epoch 1 and resumed equals the uninterrupted run (network and Bayesian state);
+    resuming its checkpoint under prior_update `other` is refused."""
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(progress=False)
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    b.fit(epochs=1, progress=False)
+    c = Trainer(cfg, str(DATA), tmp_path / "b")
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    c.fit(progress=False)
+    for x, y in zip([*a.model.parameters(), *a.kernel_loss.parameters(), *a.feature_loss.parameters()],
+                    [*c.model.parameters(), *c.kernel_loss.parameters(), *c.feature_loss.parameters()]):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="prior_update"):
+        Trainer({**cfg, "prior_update": other}, str(DATA), tmp_path / "x").resume(tmp_path / "b" / "checkpoint.pt")
+
+
 @needs_mini
 def test_prior_update_sgd_keeps_the_papers_gradient_steps_and_resumes_exactly(tmp_path):
     """With Adam, the prior's mu/sigma move ~lr per step whatever their gradient's size; `prior_update: sgd`
@@ -365,19 +382,7 @@ def test_prior_update_sgd_keeps_the_papers_gradient_steps_and_resumes_exactly(tm
     assert moved["sgd"] < 1e-6        # lr x a gradient of order lambda * nu / sigma^2 (below float32's ulp here)
     # resume: an interrupted run equals the uninterrupted one, prior optimizer state included
     cfg = small_cfg(optimizer="adam", lr=2e-3, limit_train=64, epochs=2, prior_update="sgd")
-    a = Trainer(cfg, str(DATA), tmp_path / "a")
-    a.fit(progress=False)
-    b = Trainer(cfg, str(DATA), tmp_path / "b")
-    b.fit(epochs=1, progress=False)
-    c = Trainer(cfg, str(DATA), tmp_path / "b")
-    c.resume(tmp_path / "b" / "checkpoint.pt")
-    c.fit(progress=False)
-    for x, y in zip([*a.model.parameters(), *a.kernel_loss.parameters(), *a.feature_loss.parameters()],
-                    [*c.model.parameters(), *c.kernel_loss.parameters(), *c.feature_loss.parameters()]):
-        assert torch.equal(x, y)
-    other = Trainer({**cfg, "prior_update": "optimizer"}, str(DATA), tmp_path / "x")
-    with pytest.raises(ValueError, match="prior_update"):
-        other.resume(tmp_path / "b" / "checkpoint.pt")
+    _assert_resume_exact_and_other_prior_update_refused(cfg, tmp_path, "optimizer")
 
 
 @needs_mini
@@ -555,16 +560,4 @@ def test_prior_update_closed_form_refits_mu_sigma_each_step_and_resumes_exactly(
         a = layer.weight.detach().flatten(1).abs()
         torch.testing.assert_close(mu.detach(), a.mean(1))
         torch.testing.assert_close(sigma.detach(), a.std(1, unbiased=False))
-    a = Trainer(cfg, str(DATA), tmp_path / "a")
-    a.fit(progress=False)
-    b = Trainer(cfg, str(DATA), tmp_path / "b")
-    b.fit(epochs=1, progress=False)
-    c = Trainer(cfg, str(DATA), tmp_path / "b")
-    c.resume(tmp_path / "b" / "checkpoint.pt")
-    c.fit(progress=False)
-    for x, y in zip([*a.model.parameters(), *a.kernel_loss.parameters()],
-                    [*c.model.parameters(), *c.kernel_loss.parameters()]):
-        assert torch.equal(x, y)
-    other = Trainer({**cfg, "prior_update": "sgd"}, str(DATA), tmp_path / "x")
-    with pytest.raises(ValueError, match="prior_update"):
-        other.resume(tmp_path / "b" / "checkpoint.pt")
+    _assert_resume_exact_and_other_prior_update_refused(cfg, tmp_path, "sgd")

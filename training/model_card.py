@@ -190,10 +190,9 @@ def render_md(card: dict[str, Any]) -> str:
         f"lr {cfg['lr']} {_schedule(tr['cosine_ends'], tr.get('lr_schedule'))}, "
         + (f"momentum {cfg['momentum']}, " if cfg["optimizer"] == "sgd" else "")
         + f"batch {cfg['batch_size']}, "
-        + (f"weight decay {cfg['weight_decay']} (real-valued conv/FC only), "
-           if not cfg.get("latent_weight_decay") else
-           f"weight decay {cfg['weight_decay']} (real-valued conv/FC), {cfg['latent_weight_decay']} (latent binary "
-           "weights), ")
+        + f"weight decay {cfg['weight_decay']} (real-valued conv/FC"
+        + (f"; {cfg['latent_weight_decay']} on the latent binary weights), " if cfg.get("latent_weight_decay")
+           else " only), ")
         + f"seed {cfg['seed']}"
         + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']}, prior mu/sigma "
            f"{_prior_update(cfg)} (feature loss in the last "
