@@ -135,3 +135,14 @@ def test_card_quotes_the_papers_number_for_its_width(tmp_path, arch, lam, theta,
     assert card["paper_cifar10_top1_200_epochs"] == paper
     md = render_md(card)
     assert (f"{paper:.2f}%" if paper else "no run of this variant at this width") in md
+
+
+def test_card_states_a_step_schedule(tmp_path):
+    run, model, ev = _fake_run(tmp_path, [2e-3, 4e-4, 4e-4, 8e-5], [False, False, True, True],
+                               lr_schedule="step", lr_milestones=[0.25, 0.75])
+    card = build_card(run, model, ev)
+    assert card["training"]["lr_steps"] == {"gamma": 0.2, "after_epochs": [1, 3]}
+    assert card["training"]["cosine_ends"] == [] and card["training"]["lr_schedule"] == []
+    md = render_md(card)
+    assert "x0.2 after epochs 1, 3," in md and "cosine" not in md and "last 25% of the run" in md
+

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from bonn_serve.datasets import DatasetError, load_cifar10
 from training.binarize import binary_layers
 from training.data import augment, load_split, train_batches
-from training.trainer import Trainer, cosine_factor, make_config
+from training.trainer import Trainer, cosine_factor, make_config, milestone_epochs, step_factor
 
 from _data import CIFAR_DIR as DATA  # noqa: E402
 MINI = DATA / "cifar10_mini.npz"
@@ -101,6 +101,45 @@ def test_config_validation():
         make_config({"lam": -1})
     assert cosine_factor(0, 10) == 1.0 and cosine_factor(10, 10) == pytest.approx(0.0)
     assert cosine_factor(5, 10) == pytest.approx(0.5)
+    for bad in ({"lr_schedule": "linear"}, {"lr_milestones": [0.6, 0.3]}, {"lr_milestones": [0.3, 1.0]},
+                {"lr_milestones": ["soon"]}, {"lr_gamma": 0.0}, {"lr_gamma": 1.5}):
+        with pytest.raises(ValueError, match="lr_"):
+            make_config(bad)
+
+
+def test_step_schedule_is_the_wrn_recipe():
+    # 0.3/0.6/0.8 of 200 epochs are the WRN code's milestones; the lr is x0.2 after each
+    cuts = milestone_epochs([0.3, 0.6, 0.8], 200)
+    assert cuts == [60, 120, 160]
+    spe = 391
+    assert step_factor(0, spe, cuts, 0.2) == 1.0
+    assert step_factor(60 * spe - 1, spe, cuts, 0.2) == 1.0      # last step of epoch 60
+    assert step_factor(60 * spe, spe, cuts, 0.2) == pytest.approx(0.2)
+    assert step_factor(120 * spe, spe, cuts, 0.2) == pytest.approx(0.04)
+    assert step_factor(200 * spe, spe, cuts, 0.2) == pytest.approx(0.008)
+    assert milestone_epochs([0.3, 0.6, 0.8], 20) == [6, 12, 16]  # `--epochs` scales them
+
+
+@needs_mini
+def test_step_schedule_cuts_the_lr_at_the_epoch_boundary_and_resumes(tmp_path):
+    torch.set_num_threads(1)
+    cfg = small_cfg(lr_schedule="step", lr_milestones=[0.5], lr_gamma=0.1, lr=0.05, epochs=2)
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if r["kind"] == "step"]
+    lrs = {e: [r["lr"] for r in steps if r["epoch"] == e] for e in (1, 2)}
+    assert lrs[1] and lrs[2]
+    assert lrs[1] == pytest.approx([0.05] * len(lrs[1])) and lrs[2] == pytest.approx([0.005] * len(lrs[2]))
+    # lr_end: the lr the next epoch starts with
+    assert [r["lr_end"] for r in _epoch_records(tmp_path / "a")] == [pytest.approx(0.005), pytest.approx(0.005)]
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    b.fit(epochs=1, progress=False)
+    c = Trainer(cfg, str(DATA), tmp_path / "b")
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    c.fit(progress=False)
+    pa, pc = _params(a), _params(c)
+    assert all(torch.equal(pa[k], pc[k]) for k in pa)
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -223,6 +262,8 @@ def test_shipped_configs_are_valid():
             assert (cfg["lam"], cfg["nu"], cfg["theta"], cfg["slow_lr_scale"]) == (lam, 1e-4, 1e-2, 0.1)
         if cfg["name"].startswith("binary_"):
             assert cfg["binary"] and cfg["lam"] == 0 and cfg["theta"] == 0
+        if cfg["name"].startswith("kernel_"):  # the kernel prior alone
+            assert cfg["binary"] and cfg["lam"] > 0 and cfg["theta"] == 0
         if cfg["name"].startswith("fp_"):
             assert not cfg["binary"]
 

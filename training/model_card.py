@@ -68,6 +68,7 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
     if hosts:
         trained_on = "; ".join(f"{h['host']} (epochs {h['epochs']})" for h in hosts)
     kind = "fp" if not cfg["binary"] else ("bonn" if cfg["lam"] > 0 or cfg["theta"] > 0 else "binary")
+    stepped = cfg.get("lr_schedule", "cosine") == "step"  # runs older than the option were all cosine
     return {
         "name": model.stem,
         "file": model.name,
@@ -83,8 +84,12 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
         "training": {"epochs": last["epoch"], "steps": last["step"], "config": cfg, "trained_on": trained_on,
                      # epochs at which the cosine reached 0: more than one means the run was continued with
                      # `--resume --epochs N`, which re-enters a longer cosine (docs/method.md)
-                     "cosine_ends": [r["epoch"] for r in epochs if r.get("lr_end", 1.0) <= 1e-12],
-                     "lr_schedule": lr_segments(epochs, float(cfg["lr"])),
+                     "cosine_ends": [] if stepped else
+                     [r["epoch"] for r in epochs if r.get("lr_end", 1.0) <= 1e-12],
+                     "lr_schedule": [] if stepped else lr_segments(epochs, float(cfg["lr"])),
+                     **({"lr_steps": {"gamma": cfg["lr_gamma"], "after_epochs":
+                                      [round(m * int(cfg["epochs"])) for m in cfg["lr_milestones"]]}}
+                        if stepped else {}),
                      "feature_loss_epochs": [r["epoch"] for r in epochs if r.get("feature_on")],
                      "epoch_time_s_median": hosts[0]["epoch_time_s_median"] if hosts
                      else median_high(r["epoch_time_s"] for r in epochs),
@@ -148,6 +153,11 @@ def _schedule(ends: list[int], segments: list[dict[str, int]] | None = None) -> 
             f"{', '.join(map(str, ends))}")
 
 
+def _steps(steps: dict[str, Any]) -> str:
+    """'x0.2 after epochs 60, 120, 160' (the WRN recipe's step schedule)"""
+    return f"x{steps['gamma']:g} after epochs {', '.join(map(str, steps['after_epochs']))}"
+
+
 def _duration(seconds: float, host: str) -> str:
     # minutes on this CPU, seconds on a GPU
     return f"{seconds / 60:.1f} min" if host.startswith(CPU_HOST) else f"{seconds:.1f} s"
@@ -187,7 +197,8 @@ def render_md(card: dict[str, Any]) -> str:
         f"{100 * acc['torch_test_top1_last_epoch']:.2f}%",
         f"- **Paper** (200 epochs, GPU): {paper}",
         f"- **Training**: {tr['epochs']} epochs ({tr['steps']} steps), {cfg['optimizer'].upper()} "
-        f"lr {cfg['lr']} {_schedule(tr['cosine_ends'], tr.get('lr_schedule'))}, "
+        f"lr {cfg['lr']} "
+        f"{_steps(tr['lr_steps']) if 'lr_steps' in tr else _schedule(tr['cosine_ends'], tr.get('lr_schedule'))}, "
         + (f"momentum {cfg['momentum']}, " if cfg["optimizer"] == "sgd" else "")
         + f"batch {cfg['batch_size']}, "
         + f"weight decay {cfg['weight_decay']} (real-valued conv/FC"
@@ -196,13 +207,13 @@ def render_md(card: dict[str, Any]) -> str:
         + f"seed {cfg['seed']}"
         + (f"; lambda {cfg['lam']}, nu {cfg['nu']}, theta {cfg['theta']}, prior mu/sigma "
            f"{_prior_update(cfg)} (feature loss in the last "
-           f"{100 * cfg['feature_fraction']:.0f}% of each cosine: epochs "
+           f"{100 * cfg['feature_fraction']:.0f}% of {'the run' if 'lr_steps' in tr else 'each cosine'}: epochs "
            f"{_ranges(tr['feature_loss_epochs'])})" if card["binary"] else ""),
         f"- **Epoch time**: median {_epoch_times(tr, host, here, cfg.get('threads', 1))}"
         + (", torch.compile" if cfg.get("compile") else "")
         + (", bfloat16 binary convolutions" if cfg.get("binary_conv_dtype") == "bfloat16" else ""),
         "",
-        ("The paper's budget: 200 epochs on one cosine. Differences from the paper's setting (optimizer, data, "
+        (f"The paper's budget: 200 epochs on one {'step schedule' if 'lr_steps' in tr else 'cosine'}. Differences from the paper's setting (optimizer, data, "
          "Bayesian-loss weights) are in docs/method.md; the comparison is in docs/results.md."
          if tr["epochs"] >= 200 and len(tr.get("lr_schedule") or [1]) == 1 else
          "Short schedule: far fewer epochs than the paper's 200, so the accuracy is not comparable to the "

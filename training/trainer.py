@@ -8,6 +8,7 @@ exactly the run that was interrupted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from .models import ARCHS, build_model
 DEFAULTS: dict[str, Any] = dict(
     name="run", arch="wrn22-16", binary=True, num_classes=10, dropout=0.0,
     seed=0, epochs=10, batch_size=128,
+    lr_schedule="cosine", lr_milestones=(0.3, 0.6, 0.8), lr_gamma=0.2,
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, latent_weight_decay=0.0,
     slow_lr_scale=0.1,
     lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25, prior_update="optimizer",
@@ -38,6 +40,7 @@ DEFAULTS: dict[str, Any] = dict(
     binary_conv_dtype="float32", feature_source="pooled", init_from=None,
 )
 FEATURE_SOURCES = ("pooled", "logits")
+LR_SCHEDULES = ("cosine", "step")  # step: the WRN recipe's x0.2 at 60/120/160 of 200 epochs (method 17)
 PRIOR_UPDATES = ("optimizer", "sgd", "closed_form")  # how the kernel prior's mu/sigma move (method 5, 16)
 CONV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -70,6 +73,18 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("epochs and batch_size must be >= 1")
     if not 0.0 <= float(cfg["feature_fraction"]) <= 1.0:
         raise ValueError("feature_fraction must be in [0, 1]")
+    if cfg["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}")
+    try:
+        cfg["lr_milestones"] = [float(m) for m in cfg["lr_milestones"]]
+        cfg["lr_gamma"] = float(cfg["lr_gamma"])
+    except (TypeError, ValueError):
+        raise ValueError("lr_milestones must be a list of numbers and lr_gamma a number") from None
+    ms = cfg["lr_milestones"]
+    if any(not 0.0 < m < 1.0 for m in ms) or any(b <= a for a, b in itertools.pairwise(ms)):
+        raise ValueError(f"lr_milestones must rise strictly inside (0, 1) (fractions of the epochs), got {ms}")
+    if not 0.0 < cfg["lr_gamma"] <= 1.0:
+        raise ValueError(f"lr_gamma must be in (0, 1], got {cfg['lr_gamma']}")
     if cfg["prior_update"] not in PRIOR_UPDATES:
         raise ValueError(f"prior_update must be one of {list(PRIOR_UPDATES)}")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
@@ -109,6 +124,18 @@ def planned_epochs(done: int, secs_per_epoch: float, secs_left: float, floor: in
 def cosine_factor(step: int, total: int) -> float:
     """lr multiplier: cosine from 1 to 0 over `total` steps."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def milestone_epochs(milestones: list[float], epochs: int) -> list[int]:
+    """The epochs after which a step schedule cuts the lr: fractions of the run, so `--epochs` scales them
+    as it scales a cosine (0.3/0.6/0.8 of 200 are the WRN recipe's 60/120/160)."""
+    return [round(m * epochs) for m in milestones]
+
+
+def step_factor(step: int, steps_per_epoch: int, milestones: list[int], gamma: float) -> float:
+    """lr multiplier: gamma for every milestone epoch already finished."""
+    done_epochs = step // max(steps_per_epoch, 1)
+    return gamma ** sum(done_epochs >= e for e in milestones)
 
 
 class StopRequest:
@@ -199,7 +226,8 @@ class Trainer:
 
     # ----- setup -------------------------------------------------------------------------------------------
     def set_epochs(self, epochs: int) -> None:
-        """Schedule length: the cosine runs over `epochs`; the feature loss covers its last fraction."""
+        """Schedule length: the cosine (or the step schedule) spans `epochs`; the feature loss covers its last
+        fraction."""
         self.cfg["epochs"] = int(epochs)
         self.total_steps = self.steps_per_epoch * int(epochs)
         self.feature_start = int(round(int(epochs) * (1.0 - float(self.cfg["feature_fraction"]))))
@@ -320,8 +348,15 @@ class Trainer:
     def all_params(self) -> list[nn.Parameter]:
         return [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
 
+    def lr_factor(self) -> float:
+        """The schedule's lr multiplier after `self.step` optimizer steps."""
+        if self.cfg["lr_schedule"] == "step":
+            cuts = milestone_epochs(self.cfg["lr_milestones"], int(self.cfg["epochs"]))
+            return step_factor(self.step, self.steps_per_epoch, cuts, float(self.cfg["lr_gamma"]))
+        return cosine_factor(self.step, self.total_steps)
+
     def set_lr(self) -> float:
-        f = cosine_factor(self.step, self.total_steps)
+        f = self.lr_factor()
         for g in (g for o in self.optimizers for g in o.param_groups):
             g["lr"] = float(self.cfg["lr"]) * g["lr_scale"] * f
         return float(self.cfg["lr"]) * f
@@ -529,7 +564,7 @@ class Trainer:
         res = {f"train_{k}": float(v) / counts[k] for k, v in sums.items() if k not in ("lr",)}
         # device: a run resumed across machines says which epochs ran where (model cards read it)
         res.update(epoch_time_s=dt, images_per_s=n_img / max(dt, 1e-9), feature_on=feature_on,
-                   device=self.device.type, lr_end=cosine_factor(self.step, self.total_steps) * float(cfg["lr"]))
+                   device=self.device.type, lr_end=self.lr_factor() * float(cfg["lr"]))
         return res
 
     @torch.no_grad()
