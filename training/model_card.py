@@ -213,8 +213,9 @@ def render_md(card: dict[str, Any]) -> str:
         + (", torch.compile" if cfg.get("compile") else "")
         + (", bfloat16 binary convolutions" if cfg.get("binary_conv_dtype") == "bfloat16" else ""),
         "",
-        (f"The paper's budget: 200 epochs on one {'step schedule' if 'lr_steps' in tr else 'cosine'}. Differences from the paper's setting (optimizer, data, "
-         "Bayesian-loss weights) are in docs/method.md; the comparison is in docs/results.md."
+        (f"The paper's budget: 200 epochs on one {'step schedule' if 'lr_steps' in tr else 'cosine'}. "
+         "Differences from the paper's setting (optimizer, data, Bayesian-loss weights) are in docs/method.md; "
+         "the comparison is in docs/results.md."
          if tr["epochs"] >= 200 and len(tr.get("lr_schedule") or [1]) == 1 else
          "Short schedule: far fewer epochs than the paper's 200, so the accuracy is not comparable to the "
          "paper's number; see docs/results.md and docs/method.md."),
