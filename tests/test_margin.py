@@ -72,3 +72,23 @@ def test_pairs_give_one_table_each_and_a_plot(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="in pairs"):
         main([str(logs[0])])
+
+
+def test_plot_mean_line_only_for_seeds_of_one_variant(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    labels: list[str] = []
+    original = matplotlib.axes.Axes.plot
+
+    def recording_plot(self, *args, **kw):
+        labels.append(kw.get("label", ""))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    logs = [write_log(tmp_path / f"{n}.jsonl", {e: 0.8 + 0.001 * e for e in range(1, 5)})
+            for n in ("k", "b", "k5", "b2")]
+    assert main([str(p) for p in logs] + ["--plot", str(tmp_path / "seeds.png")]) == 0
+    assert "mean of 2" in labels
+    labels.clear()
+    assert main([str(p) for p in logs] + ["--plot", str(tmp_path / "variants.png"), "--no-mean"]) == 0
+    assert labels == ["k vs b", "k5 vs b2"]

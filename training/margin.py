@@ -62,7 +62,7 @@ def table(rows: list[dict[str, float]], name_a: str, name_b: str) -> str:
 
 
 def plot_margins(pairs: list[tuple[dict[int, float], dict[int, float]]], labels: list[str], names: tuple[str, str],
-                 out: Path) -> Path:
+                 out: Path, mean: bool = True) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +75,7 @@ def plot_margins(pairs: list[tuple[dict[int, float], dict[int, float]]], labels:
         diffs.append({e: 100 * (a[e] - b[e]) for e in common})
         ax.plot(common, [diffs[-1][e] for e in common], lw=0.8, alpha=0.6, label=label)
     shared = sorted(set.intersection(*(set(d) for d in diffs)))
-    if len(pairs) > 1 and shared:
+    if mean and len(pairs) > 1 and shared:
         ax.plot(shared, [statistics.mean(d[e] for d in diffs) for e in shared], "k-", lw=2,
                 label=f"mean of {len(pairs)}")
     ax.axhline(0, color="gray", lw=0.8)
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", nargs=2, default=("A", "B"), metavar=("A", "B"), help="column names")
     p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     p.add_argument("--plot", type=Path, help="write the per-epoch margins of every pair to this PNG")
+    p.add_argument("--no-mean", action="store_true",
+                   help="no mean line in the plot: the pairs are different variants, not seeds of one")
     args = p.parse_args(argv)
     if len(args.runs) % 2:
         raise SystemExit("margin: give runs in pairs: A B [A2 B2 ...]")
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join(f"{label}\n\n{tab}" if len(pairs) > 1 else tab for label, tab in zip(labels, tables))
     emit(text, args.out)
     if args.plot:
-        print(plot_margins(pairs, labels, tuple(args.names), args.plot))
+        print(plot_margins(pairs, labels, tuple(args.names), args.plot, mean=not args.no_mean))
     return 0
 
 
