@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True,
                    help="CIFAR-10 directory (npz files, cifar10_mini.npz, or python batches)")
     p.add_argument("--out", type=Path, required=True, help="run dir (checkpoint, metrics, plots, model)")
-    p.add_argument("--epochs", type=int, help="override the config's epoch count (sets the cosine length)")
+    p.add_argument("--epochs", type=int, help="override the config's epoch count (sets the schedule's length: "
+                   "the cosine, or where a step schedule's milestones fall)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init-from", type=Path, metavar="CKPT",
                    help="fine-tune: start from another run's checkpoint weights (and Bayesian state), with a "
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="arithmetic of the binary convolutions while training (default: config, float32); "
                         "bfloat16 is exact forward and faster on CPUs with AMX/AVX512-BF16 (docs/method.md 13)")
     p.add_argument("--time-budget", type=float, metavar="MIN",
-                   help="fit the schedule to MIN minutes: after epoch 2 the cosine length becomes the number of "
+                   help="fit the schedule to MIN minutes: after epoch 2 its length becomes the number of "
                         "epochs that fit (recorded in config.json and the checkpoint)")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop once N epochs are done; the schedule stays --epochs long (continue with --resume)")
