@@ -133,12 +133,7 @@ def test_step_schedule_cuts_the_lr_at_the_epoch_boundary_and_resumes(tmp_path):
     assert lrs[1] == pytest.approx([0.05] * len(lrs[1])) and lrs[2] == pytest.approx([0.005] * len(lrs[2]))
     # lr_end: the lr the next epoch starts with
     assert [r["lr_end"] for r in _epoch_records(tmp_path / "a")] == [pytest.approx(0.005), pytest.approx(0.005)]
-    b = Trainer(cfg, str(DATA), tmp_path / "b")
-    b.fit(epochs=1, progress=False)
-    c = Trainer(cfg, str(DATA), tmp_path / "b")
-    c.resume(tmp_path / "b" / "checkpoint.pt")
-    c.fit(progress=False)
-    pa, pc = _params(a), _params(c)
+    pa, pc = _params(a), _params(_resumed_after_epoch_1(cfg, tmp_path))
     assert all(torch.equal(pa[k], pc[k]) for k in pa)
 
 
@@ -150,6 +145,16 @@ def _params(tr: Trainer) -> dict[str, torch.Tensor]:
     if tr.feature_loss is not None:
         out.update({f"feature.{k}": v.clone() for k, v in tr.feature_loss.state_dict().items()})
     return out
+
+
+def _resumed_after_epoch_1(cfg: dict, tmp_path: Path) -> Trainer:
+    """The run stopped after epoch 1 (in tmp_path/b), then resumed from its checkpoint to the end."""
+    b = Trainer(cfg, str(DATA), tmp_path / "b")
+    b.fit(epochs=1, progress=False)
+    c = Trainer(cfg, str(DATA), tmp_path / "b")
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    c.fit(progress=False)
+    return c
 
 
 def _epoch_records(run: Path) -> list[dict]:
@@ -275,12 +280,7 @@ def test_adam_variant_trains_and_resumes_exactly(tmp_path):
     a = Trainer(cfg, str(DATA), tmp_path / "a")
     a.fit(progress=False)
     assert isinstance(a.optimizer, torch.optim.AdamW)
-    b = Trainer(cfg, str(DATA), tmp_path / "b")
-    b.fit(epochs=1, progress=False)
-    c = Trainer(cfg, str(DATA), tmp_path / "b")
-    c.resume(tmp_path / "b" / "checkpoint.pt")
-    c.fit(progress=False)
-    pa, pc = _params(a), _params(c)
+    pa, pc = _params(a), _params(_resumed_after_epoch_1(cfg, tmp_path))
     assert all(torch.equal(pa[k], pc[k]) for k in pa)
     assert all(np.isfinite(r["train_ce"]) for r in _epoch_records(tmp_path / "a"))
 
@@ -392,11 +392,7 @@ def _assert_resume_exact_and_other_prior_update_refused(cfg: dict, tmp_path: Pat
     resuming its checkpoint under prior_update `other` is refused."""
     a = Trainer(cfg, str(DATA), tmp_path / "a")
     a.fit(progress=False)
-    b = Trainer(cfg, str(DATA), tmp_path / "b")
-    b.fit(epochs=1, progress=False)
-    c = Trainer(cfg, str(DATA), tmp_path / "b")
-    c.resume(tmp_path / "b" / "checkpoint.pt")
-    c.fit(progress=False)
+    c = _resumed_after_epoch_1(cfg, tmp_path)
     for x, y in zip([*a.model.parameters(), *a.kernel_loss.parameters(), *a.feature_loss.parameters()],
                     [*c.model.parameters(), *c.kernel_loss.parameters(), *c.feature_loss.parameters()]):
         assert torch.equal(x, y)

@@ -15,6 +15,8 @@ from statistics import median_high
 from pathlib import Path
 from typing import Any
 
+from .trainer import milestone_epochs
+
 STAGES = {"wrn22-16": "WRN-22, stages 16-16-32-64", "wrn22-64": "WRN-22, stages 64-64-128-256"}
 # ICCV Table 3 / book Table 3.4 (CIFAR-10, 200 epochs). The paper has no lambda = theta = 0 run of the wide net
 # (its XNOR-Net row, 88.52, is a different method), so that entry is None.
@@ -88,7 +90,7 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
                      [r["epoch"] for r in epochs if r.get("lr_end", 1.0) <= 1e-12],
                      "lr_schedule": [] if stepped else lr_segments(epochs, float(cfg["lr"])),
                      **({"lr_steps": {"gamma": cfg["lr_gamma"], "after_epochs":
-                                      [round(m * int(cfg["epochs"])) for m in cfg["lr_milestones"]]}}
+                                      milestone_epochs(cfg["lr_milestones"], int(cfg["epochs"]))}}
                         if stepped else {}),
                      "feature_loss_epochs": [r["epoch"] for r in epochs if r.get("feature_on")],
                      "epoch_time_s_median": hosts[0]["epoch_time_s_median"] if hosts
