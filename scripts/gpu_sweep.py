@@ -13,7 +13,8 @@ Two steps, because such a host is bare (no data, nothing to download) and takes 
         --run bonn=training/configs/bonn_wrn22_16_adam.yaml --run b1=training/configs/binary_wrn22_16_adam.yaml:seed=1
 
 A run that dies before its first checkpoint (say torch.compile fails on that host's torch) is restarted
-once with `compile: false`. Back here, a bundle continues like any run dir: `bonn-serve train --resume`.
+once with `compile: false`. Back here, `unbundle` turns the bundles into run dirs that continue with
+`bonn-serve train --resume`; `bundle` packs run dirs started here for a loan to continue (`run --resume-from`).
 The accuracy it logs there is on the re-encoded test images; measure the model here on the real ones
 (`bonn-serve eval`).
 """
@@ -204,14 +205,43 @@ def run(args: argparse.Namespace) -> int:
     for name in sweep.runs:
         run_dir = sweep.run_dir(name)
         state = export_model(run_dir) if args.light else ["checkpoint.pt"]
-        files = [*state, "metrics.jsonl", "config.json", "train.log"]
-        with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
-            for f in files:
-                if (run_dir / f).exists():
-                    tar.add(run_dir / f, arcname=f"{name}/{f}")
+        write_bundle(run_dir, out / f"{name}.tar.gz", [*state, "metrics.jsonl", "config.json", "train.log"])
         print(f"[{name}] {progress(run_dir)} -> {name}.tar.gz", flush=True)
     print(f"total {time.time() - t0:.0f}s", flush=True)
     return 0
+
+
+RESUMABLE = ("checkpoint.pt", "metrics.jsonl", "config.json")  # what `train --resume` needs of a run dir
+
+
+def write_bundle(run_dir: Path, bundle: Path, files) -> None:
+    """run_dir's files (those present) as <run_dir name>/<file> in a .tar.gz: the unit a loan carries."""
+    with tarfile.open(bundle, "w:gz") as tar:
+        for f in files:
+            if (run_dir / f).exists():
+                tar.add(run_dir / f, arcname=f"{run_dir.name}/{f}")
+
+
+def bundle_runs(run_dirs: list[Path], out: Path) -> None:
+    """Local run dirs -> OUT/<name>.tar.gz, so a campaign started here continues on a loan (`run --resume-from
+    OUT --epochs N --run <name>=CONFIG`, carrying OUT). Refuses a dir that `train --resume` could not continue."""
+    out.mkdir(parents=True, exist_ok=True)
+    for run_dir in run_dirs:
+        missing = [f for f in RESUMABLE if not (run_dir / f).exists()]
+        if missing:
+            raise SystemExit(f"{run_dir}: not resumable, missing {', '.join(missing)}")
+        write_bundle(run_dir, out / f"{run_dir.name}.tar.gz", RESUMABLE)
+        print(f"[{run_dir.name}] {progress(run_dir)} -> {out / run_dir.name}.tar.gz", flush=True)
+
+
+def unbundle_runs(bundles: list[Path], into: Path) -> None:
+    """A loan's bundles -> INTO/<name>/, replacing what is there, to continue here with `train --resume`."""
+    into.mkdir(parents=True, exist_ok=True)
+    for bundle in bundles:
+        with tarfile.open(bundle) as tar:
+            safe_extract(tar, into)
+        name = bundle.name.removesuffix(".tar.gz")
+        print(f"[{name}] {progress(into / name)} in {into / name}", flush=True)
 
 
 def export_model(run_dir: Path) -> list[str]:
@@ -317,9 +347,21 @@ def main() -> int:
     r.add_argument("--device", default="cuda", help="cpu for a dry run of the whole sweep here")
     r.add_argument("--light", action="store_true",
                    help="bundle the exported model instead of checkpoint.pt (not resumable; for big nets)")
+    b = sub.add_parser("bundle", help="local run dirs -> OUT/<name>.tar.gz, to continue them on a loan")
+    b.add_argument("run_dirs", nargs="+", type=Path)
+    b.add_argument("--out", type=Path, required=True)
+    u = sub.add_parser("unbundle", help="a loan's bundles -> INTO/<name>/, to continue them here")
+    u.add_argument("bundles", nargs="+", type=Path)
+    u.add_argument("--into", type=Path, required=True)
     a = ap.parse_args()
     if a.cmd == "pack":
         pack(a.data_dir, a.out)
+        return 0
+    if a.cmd == "bundle":
+        bundle_runs(a.run_dirs, a.out)
+        return 0
+    if a.cmd == "unbundle":
+        unbundle_runs(a.bundles, a.into)
         return 0
     return run(a)
 

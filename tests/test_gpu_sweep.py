@@ -125,10 +125,6 @@ def test_bundle_with_unsafe_path_is_refused(tmp_path):
         gpu_sweep.safe_extract(tar, tmp_path / "dest")
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def test_light_bundles_carry_the_exported_model_not_the_checkpoint(data_dir, tmp_path):
     """--light: a 64-wide checkpoint with its Adam state (~50 MB) is over what a loan sends back per file, so the
     bundle holds the served file instead (model.bonn for binary runs, model.onnx for FP), checked here."""
@@ -147,3 +143,42 @@ def test_light_bundles_carry_the_exported_model_not_the_checkpoint(data_dir, tmp
             assert f"{name}/{served}" in members and f"{name}/checkpoint.pt" not in members
             gpu_sweep.safe_extract(tar, tmp_path / "x")
     assert read_bonn(tmp_path / "x" / "bin" / "model.bonn").header["model"]["arch"] == "wrn22-16"
+
+
+def test_campaign_moves_between_here_and_a_loan(data_dir, tmp_path, monkeypatch, capsys):
+    """A run started on a loan comes back (`unbundle`), is re-bundled here (`bundle`) and finishes on the next
+    loan on the same schedule: every epoch logged once, as if it had never moved."""
+    packed = tmp_path / "packed.npz"
+    gpu_sweep.pack(data_dir, packed)
+    runs = [f"a=training/configs/bonn_wrn22_16_adam.yaml:{SMALL}"]
+    launch = gpu_sweep.Sweep.launch
+    monkeypatch.setattr(gpu_sweep.Sweep, "launch", lambda self, name, extra: launch(self, name, [*extra, "--stop-after", "1"]))
+    assert gpu_sweep.run(sweep_args(tmp_path, packed, tag="1", epochs=2, runs=runs)) == 0
+    monkeypatch.setattr(gpu_sweep.Sweep, "launch", launch)
+
+    here = tmp_path / "runs"
+    gpu_sweep.unbundle_runs([tmp_path / "out1" / "a.tar.gz"], here)
+    assert (here / "a" / "checkpoint.pt").exists()
+    gpu_sweep.bundle_runs([here / "a"], tmp_path / "to_loan")
+    with tarfile.open(tmp_path / "to_loan" / "a.tar.gz") as tar:
+        assert sorted(m.name for m in tar.getmembers()) == ["a/checkpoint.pt", "a/config.json", "a/metrics.jsonl"]
+
+    assert gpu_sweep.run(sweep_args(tmp_path, packed, tag="2", epochs=2, runs=runs,
+                                    resume_from=str(tmp_path / "to_loan"))) == 0
+    assert "[a] resuming at 1/2" in capsys.readouterr().out
+    with tarfile.open(tmp_path / "out2" / "a.tar.gz") as tar:
+        recs = [json.loads(line) for line in tar.extractfile("a/metrics.jsonl").read().splitlines()]
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == [1, 2]
+
+
+def test_bundle_refuses_a_run_dir_that_cannot_resume(tmp_path):
+    run_dir = tmp_path / "half"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="missing checkpoint.pt, metrics.jsonl"):
+        gpu_sweep.bundle_runs([run_dir], tmp_path / "out")
+    assert not (tmp_path / "out" / "half.tar.gz").exists()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
