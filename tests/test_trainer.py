@@ -118,6 +118,9 @@ def test_step_schedule_is_the_wrn_recipe():
     assert step_factor(120 * spe, spe, cuts, 0.2) == pytest.approx(0.04)
     assert step_factor(200 * spe, spe, cuts, 0.2) == pytest.approx(0.008)
     assert milestone_epochs([0.3, 0.6, 0.8], 20) == [6, 12, 16]  # `--epochs` scales them
+    # a 1-epoch run: 0.3 rounds to epoch 0, and a cut "after epoch 0" would run the whole run at x0.2
+    assert milestone_epochs([0.3, 0.6, 0.8], 1) == [1, 1, 1]
+    assert step_factor(0, spe, milestone_epochs([0.3, 0.6, 0.8], 1), 0.2) == 1.0
 
 
 @needs_mini
@@ -223,7 +226,7 @@ def test_full_precision_and_baseline_configs(tmp_path):
 
 
 @needs_mini
-def test_cli_train_refuses_to_overwrite_and_resumes(tmp_path):
+def test_cli_train_refuses_to_overwrite_and_resumes(tmp_path, capsys):
     from bonn_serve.cli import main
 
     cfg = tmp_path / "c.yaml"
@@ -236,14 +239,74 @@ def test_cli_train_refuses_to_overwrite_and_resumes(tmp_path):
     with pytest.raises(SystemExit, match="exists"):
         main(args)
     assert json.loads((out / "config.json").read_text())["binary_conv_dtype"] == "float32"
+    # a finished run resumes on its own length: nothing to do, and it says how to go further
+    assert main(args + ["--resume"]) == 0
+    assert "pass --epochs N" in capsys.readouterr().out
+    assert [r["epoch"] for r in _epoch_records(out)] == [1]
     # a run may continue with bfloat16 binary convolutions (the option is not part of the checkpoint)
-    assert main(args + ["--resume", "--binary-conv-dtype", "bfloat16"]) == 0
+    assert main(args + ["--resume", "--epochs", "2", "--binary-conv-dtype", "bfloat16"]) == 0
     assert [r["epoch"] for r in _epoch_records(out)] == [1, 2]
     assert json.loads((out / "config.json").read_text())["binary_conv_dtype"] == "bfloat16"
     bad = tmp_path / "bad.yaml"
     bad.write_text("lamda: 3\n")
     with pytest.raises(SystemExit, match="unknown config keys"):
         main(["train", "--config", str(bad), "--data-dir", str(DATA), "--out", str(tmp_path / "x")])
+
+
+@needs_mini
+def test_cli_resume_keeps_the_saved_schedule_length_unless_told(tmp_path):
+    """A run started with `--epochs 3` (YAML: 2) and stopped resumes on its 3-epoch schedule; the YAML's length
+    would move the cosine (or the step schedule's cuts) under it."""
+    from bonn_serve.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("arch: wrn22-16\nepochs: 2\nbatch_size: 32\nlimit_train: 64\nlimit_test: 32\n"
+                   "export: false\nchannels_last: false\nlog_every: 1\n")
+    args = ["train", "--config", str(cfg), "--data-dir", str(DATA), "--layout", "mini", "--no-progress",
+            "--no-plots"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--epochs", "3", "--stop-after", "1"]) == 0
+    assert main(args + ["--out", str(tmp_path / "a"), "--resume"]) == 0
+    assert [r["epoch"] for r in _epoch_records(tmp_path / "a")] == [1, 2, 3]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["epochs"] == 3
+    assert main(args + ["--out", str(tmp_path / "b"), "--epochs", "3", "--stop-after", "1"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--resume", "--epochs", "2"]) == 0  # told: 2
+    assert [r["epoch"] for r in _epoch_records(tmp_path / "b")] == [1, 2]
+    # the same trajectory up to the stop: the lr of epoch 2's first step is the 3-epoch cosine's in run a
+    recs = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    first2 = next(r for r in recs if r["kind"] == "step" and r["epoch"] == 2)
+    assert first2["lr"] == pytest.approx(0.1 * cosine_factor(first2["step"] - 1, 3 * 2))
+
+
+@needs_mini
+@pytest.mark.parametrize("change", [{"lr": 0.05}, {"optimizer": "adam"}, {"nu": 1e-3}, {"lr_milestones": [0.5]},
+                                    {"latent_weight_decay": 5e-4}, {"seed": 1}, {"batch_size": 64}])
+def test_resume_refuses_other_hyper_parameters(tmp_path, change):
+    """`--resume` continues the same run; a changed optimizer, lr, prior or data order would silently make it
+    another one (an SGD state loaded into AdamW, a cosine from another lr). Implementation options may change."""
+    torch.set_num_threads(1)
+    cfg = small_cfg(limit_train=64)
+    Trainer(cfg, str(DATA), tmp_path / "a").fit(epochs=1, progress=False)
+    with pytest.raises(ValueError, match=f"checkpoint {next(iter(change))}=.*--init-from"):
+        Trainer(make_config({**cfg, **change}), str(DATA), tmp_path / "x").resume(tmp_path / "a" / "checkpoint.pt")
+    other = Trainer(make_config({**cfg, "threads": 2, "compile": False}), str(DATA), tmp_path / "y")
+    other.resume(tmp_path / "a" / "checkpoint.pt")
+    assert other.epoch == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_mini
+def test_resume_on_cuda_restores_the_dropout_generator(tmp_path):
+    """On a GPU dropout draws from CUDA's generator: without it in the checkpoint a resumed run diverges."""
+    cfg = small_cfg(dropout=0.2, device="cuda")
+    a = Trainer(cfg, str(DATA), tmp_path / "a")
+    a.fit(progress=False)
+    Trainer(cfg, str(DATA), tmp_path / "b").fit(epochs=1, progress=False)
+    torch.cuda.manual_seed(999)  # a fresh process would have another CUDA generator state
+    c = Trainer(cfg, str(DATA), tmp_path / "b")
+    c.resume(tmp_path / "b" / "checkpoint.pt")
+    c.fit(progress=False)
+    pa, pc = _params(a), _params(c)
+    assert all(torch.equal(pa[k].cpu(), pc[k].cpu()) for k in pa)
 
 
 @needs_mini

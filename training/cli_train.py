@@ -99,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             if not ckpt.exists():
                 raise SystemExit(f"--resume: {ckpt} does not exist")
-            trainer.resume(ckpt)
+            trainer.resume(ckpt, keep_epochs=args.epochs is None)  # the length it was saved with, unless told
             print(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}", flush=True)
+            if trainer.epoch >= int(trainer.cfg["epochs"]) and args.time_budget is None:
+                print(f"{args.out} has finished its {trainer.cfg['epochs']} epochs; pass --epochs N (> "
+                      f"{trainer.epoch}) to train further on an N-epoch schedule", flush=True)
+                return 0
         elif ckpt.exists():
             raise SystemExit(f"{ckpt} exists; pass --resume or choose another --out")
         budget = None if args.time_budget is None else 60.0 * args.time_budget

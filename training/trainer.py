@@ -40,6 +40,13 @@ DEFAULTS: dict[str, Any] = dict(
     binary_conv_dtype="float32", feature_source="pooled", init_from=None,
 )
 FEATURE_SOURCES = ("pooled", "logits")
+# What `--resume` refuses to change: the net, the losses, the optimizer and its schedule, the data and its order.
+RESUME_MUST_MATCH = (
+    "arch", "binary", "num_classes", "dropout", "seed", "batch_size", "limit_train", "val_size",
+    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "latent_weight_decay", "slow_lr_scale",
+    "lr_schedule", "lr_milestones", "lr_gamma",
+    "lam", "nu", "theta", "center_alpha", "feature_fraction", "prior_update", "feature_source",
+)
 LR_SCHEDULES = ("cosine", "step")  # step: the WRN recipe's x0.2 at 60/120/160 of 200 epochs (method 17)
 PRIOR_UPDATES = ("optimizer", "sgd", "closed_form")  # how the kernel prior's mu/sigma move (method 5, 16)
 CONV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -129,7 +136,7 @@ def cosine_factor(step: int, total: int) -> float:
 def milestone_epochs(milestones: list[float], epochs: int) -> list[int]:
     """The epochs after which a step schedule cuts the lr: fractions of the run, so `--epochs` scales them
     as it scales a cosine (0.3/0.6/0.8 of 200 are the WRN recipe's 60/120/160)."""
-    return [round(m * epochs) for m in milestones]
+    return [max(1, round(m * epochs)) for m in milestones]  # >= 1: a cut "after epoch 0" would skip full lr
 
 
 def step_factor(step: int, steps_per_epoch: int, milestones: list[int], gamma: float) -> float:
@@ -373,18 +380,22 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "prior_optimizer": self.prior_optimizer.state_dict() if self.prior_optimizer is not None else {},
             "scheduler": {"step": self.step, "total_steps": self.total_steps},
-            "rng": {"torch": torch.get_rng_state()},
+            # CUDA's generator too: dropout on a GPU draws from it, so a GPU run resumes exactly only with it
+            "rng": {"torch": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("format") != "bonn-serve-train/1":
             raise ValueError("not a bonn-serve training checkpoint")
-        # What must match to continue the same run: the net and losses, the optimizer states' layout
-        # (prior_update) and the images trained on (val_size). Keys older checkpoints lack take their default.
-        for key in ("arch", "binary", "lam", "theta", "num_classes", "prior_update", "val_size", "feature_source"):
-            saved = ckpt["config"].get(key, DEFAULTS[key])
-            if saved != self.cfg[key]:
-                raise ValueError(f"checkpoint {key}={saved!r} differs from config {self.cfg[key]!r}")
+        # `--resume` continues the same run: everything that shapes its trajectory must match. Only the schedule
+        # length (`--epochs`) and how it is computed (threads, device, compile, bfloat16 convs) may change; a new
+        # stage with other hyper-parameters is `--init-from`. Keys older checkpoints lack take their default.
+        for key in RESUME_MUST_MATCH:
+            saved, own = _comparable(ckpt["config"].get(key, DEFAULTS[key])), _comparable(self.cfg[key])
+            if saved != own:
+                raise ValueError(f"checkpoint {key}={saved!r} differs from config {own!r} (--resume continues "
+                                 f"the same run; start a new stage from it with --init-from)")
         self.model.load_state_dict(ckpt["model"])
         if self.kernel_loss is not None:
             self.kernel_loss.load_state_dict(ckpt["kernel_loss"])
@@ -400,6 +411,8 @@ class Trainer:
                 g.update({k: own[k] for k in own_keys if k in own})
             opt.load_state_dict(saved)
         torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
 
     def save_checkpoint(self, path: Path) -> None:
@@ -408,8 +421,13 @@ class Trainer:
         torch.save(_to_cpu(self.state_dict()), tmp)
         os.replace(tmp, path)
 
-    def resume(self, path: Path) -> None:
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    def resume(self, path: Path, keep_epochs: bool = True) -> None:
+        """Continue the run saved at `path`. keep_epochs: on the schedule length it was saved with (which a
+        `--time-budget` plan or an earlier `--epochs` may have set); False keeps this trainer's (`--epochs`)."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self.load_state_dict(ckpt)
+        if keep_epochs:
+            self.set_epochs(int(ckpt["config"]["epochs"]))
         if self.rank == 0:
             self._trim_log()
 
@@ -708,6 +726,11 @@ class Trainer:
             export_onnx(model, path, arch=self.cfg["arch"])
             print(json.dumps({"exported": str(path), "bytes": path.stat().st_size}), flush=True)
         return path
+
+
+def _comparable(value: Any) -> Any:
+    """A config value as checkpoints and YAML both give it (milestones: tuple in DEFAULTS, list once saved)."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _to_cpu(obj: Any) -> Any:
