@@ -34,6 +34,37 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _adam_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from training.trainer import Trainer, make_config
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cfg = make_config(dict(name="ddp", optimizer="adam", lr=2e-3, epochs=2, batch_size=64, limit_train=128,
+                               limit_test=64, layout="mini", feature_fraction=0.5, export=False,
+                               channels_last=False))
+        tr = Trainer(cfg, str(DATA), out_dir)
+        sigma_m = tr.feature_loss.sigma
+        before = sigma_m.detach().clone()
+        tr.fit(epochs=1, progress=False)  # the feature loss is off in epoch 1 of 2
+        seen = {opt.state[sigma_m].get("step", torch.tensor(0.0)) for opt in tr.optimizers if sigma_m in opt.state}
+        torch.save({"unchanged": torch.equal(sigma_m.detach(), before), "steps": [float(s) for s in seen]},
+                   os.path.join(out_dir, f"adam{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_leave_an_unused_parameter_alone(tmp_path):
+    """Before the feature loss starts, sigma_m has no gradient on any rank. Filling it with zeros for the
+    all-reduce must not hand it to AdamW, which would count steps (and decay it) where one process would not."""
+    out = tmp_path / "run"
+    out.mkdir()
+    mp.spawn(_adam_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(out / f"adam{rank}.pt", weights_only=True)
+        assert got["unchanged"] and got["steps"] == []
+
+
 def test_two_gloo_ranks_stay_identical(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -468,8 +468,13 @@ class Trainer:
         off = 0
         for p in params:
             n = p.numel()
-            p.grad = flat[off:off + n].view_as(p).clone(memory_format=torch.preserve_format) \
-                if p.grad is None else p.grad.copy_(flat[off:off + n].view_as(p))
+            part = flat[off:off + n].view_as(p)
+            if p.grad is not None:
+                p.grad.copy_(part)
+            elif bool(part.any()):  # another rank had a gradient for it
+                p.grad = part.clone(memory_format=torch.preserve_format)
+            # else: no rank had one (sigma_m before the feature loss starts): leave None, as a single process
+            # would, so Adam neither counts a step nor decays it
             off += n
 
     def _sync_buffers(self) -> None:
