@@ -10,6 +10,7 @@ Never imports torch. `predict` releases the GIL while the engine runs, so server
 from __future__ import annotations
 
 import collections
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,6 +30,12 @@ def _native():
     return _engine
 
 
+# Per-image limits a model file must fit (checked at load). Real nets sit far below: ResNet-18 at 224x224 has
+# ~25 MiB of op outputs and 1.8e9 multiply-adds; WRN-22 at 32x32 ~1 MiB and 3e7.
+MAX_ACTIVATION_BYTES = 256 << 20
+MAX_WORK_PER_IMAGE = int(1e11)
+
+
 class Engine:
     """A packed BONN model ready to run. Thread-safe: calls on one Engine are serialized by the engine."""
 
@@ -45,6 +52,24 @@ class Engine:
                                       packed.input_spec["channels"], threads or 0, popcount, float_isa)
         if self._model.num_outputs != len(packed.classes):
             raise ValueError(f"model has {self._model.num_outputs} outputs but {len(packed.classes)} classes")
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """Refuse, at load, a model that cannot run at its own input size or would take more memory or time
+        per image than any real net: a checksum-valid file can still declare a graph that grows its maps op by
+        op (a chain of padded max-pools needs no weights) until a request exhausts the server."""
+        stats = self.stats()  # at the declared input: raises if the graph cannot run at it
+        side = self.input_spec["crop"]
+        per_image = [math.prod(s["shape"][1:]) for s in stats]  # output elements of each op, in graph order
+        act = 4 * (self.input_spec["channels"] * side * side + sum(per_image))
+        work = sum(s["float_macs"] + s["binary_macs"] for s in stats) + sum(
+            n * op["attrs"]["kernel"] ** 2 for n, op in zip(per_image, self.packed.ops) if op["op"] == "maxpool2d")
+        if act > MAX_ACTIVATION_BYTES:
+            raise ValueError(f"model needs {act / 2**20:.0f} MiB of activations per image at its "
+                             f"{side}x{side} input; the engine allows {MAX_ACTIVATION_BYTES >> 20} MiB")
+        if work > MAX_WORK_PER_IMAGE:
+            raise ValueError(f"model needs {work:.3g} multiply-adds per image; the engine allows "
+                             f"{MAX_WORK_PER_IMAGE:.0e}")
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, popcount: str | None = None,

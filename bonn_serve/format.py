@@ -21,6 +21,8 @@ MAJOR, MINOR = 1, 0
 PREFIX = struct.Struct("<8sHHI32s")  # magic, major, minor, header_len, sha256(header)
 ALIGN = 64
 MAX_HEADER = 16 << 20
+MAX_NDIM = 8      # tensor ranks: weights are 4-D at most
+MAX_OPS = 4096    # ResNet-18 has ~40; bounds the engine's buffer planning (quadratic in values)
 DTYPES = {"float32": np.dtype("<f4"), "uint64": np.dtype("<u8")}
 
 
@@ -117,6 +119,18 @@ def read_bonn(path: str | Path) -> PackedModel:
 
 
 def parse_bonn(blob: bytes) -> PackedModel:
+    """Validate and decode a .bonn file's bytes. Every problem is a BonnFormatError: the checks below are
+    explicit, and whatever a hostile header still slips past them (a 100k-deep JSON nesting, a 5000-digit
+    integer, a list where a string belongs) is turned into one here, not a traceback."""
+    try:
+        return _parse(blob)
+    except BonnFormatError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, OverflowError) as e:
+        raise BonnFormatError(f"malformed header: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _parse(blob: bytes) -> PackedModel:
     if len(blob) < PREFIX.size:
         raise BonnFormatError(f"truncated: {len(blob)} bytes is shorter than the {PREFIX.size}-byte prefix")
     magic, major, minor, hlen, hsum = PREFIX.unpack_from(blob, 0)
@@ -141,12 +155,14 @@ def parse_bonn(blob: bytes) -> PackedModel:
 
     payload_off = math.ceil(hend / ALIGN) * ALIGN
     plen = _get(header, "payload", dict).get("length")
-    if not isinstance(plen, int) or plen < 0:
+    if not isinstance(plen, int) or isinstance(plen, bool) or plen < 0:
         raise BonnFormatError("malformed header: payload.length")
     if len(blob) < payload_off + plen:
         raise BonnFormatError(f"truncated: payload needs {payload_off + plen} bytes, file has {len(blob)}")
     if len(blob) > payload_off + plen:
         raise BonnFormatError(f"{len(blob) - payload_off - plen} trailing bytes after the payload")
+    if any(blob[hend:payload_off]):  # no checksum covers the padding: it must hold nothing
+        raise BonnFormatError("the padding between header and payload is not zero")
     payload = memoryview(blob)[payload_off:payload_off + plen]
     if hashlib.sha256(payload).hexdigest() != header["payload"].get("sha256"):
         raise BonnFormatError("checksum mismatch: payload sha256 does not match (file corrupt or edited)")
@@ -169,12 +185,13 @@ def _read_tensors(header: dict, payload: memoryview) -> dict[str, np.ndarray]:
     spans = []
     for t in _get(header, "tensors", list):
         name = _get(t, "name", str)
-        dt = DTYPES.get(t.get("dtype"))
+        dtype = t.get("dtype")
+        dt = DTYPES.get(dtype) if isinstance(dtype, str) else None
         if dt is None:
-            raise BonnFormatError(f"tensor {name!r}: unsupported dtype {t.get('dtype')!r}")
+            raise BonnFormatError(f"tensor {name!r}: unsupported dtype {dtype!r}")
         shape = _get(t, "shape", list)
-        if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s < 1 << 31
-                                for s in shape):
+        if not 0 < len(shape) <= MAX_NDIM or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                     and 0 < s < 1 << 31 for s in shape):
             raise BonnFormatError(f"tensor {name!r}: invalid shape {shape}")
         off, length = _get(t, "offset", int), _get(t, "length", int)
         if length != math.prod(shape) * dt.itemsize:
@@ -195,15 +212,29 @@ def _read_tensors(header: dict, payload: memoryview) -> dict[str, np.ndarray]:
     for (_, a1, an), (b0, _, bn) in zip(spans, spans[1:]):
         if b0 < a1:
             raise BonnFormatError(f"tensors {an!r} and {bn!r} overlap")
+    # every payload byte outside a tensor is padding and must be zero (spec section 2.1): nothing hides there
+    ends = [0] + [e for _, e, _ in spans]
+    starts = [b for b, _, _ in spans] + [len(payload)]
+    if any(any(payload[a:b]) for a, b in zip(ends, starts) if b > a):
+        raise BonnFormatError("payload bytes outside the tensors are not zero")
     return tensors
 
 
 def _check_header_fields(header: dict) -> None:
+    _get(header, "model", dict)
+    if not isinstance(header["model"].get("provenance", {}), dict):
+        raise BonnFormatError("malformed header: model.provenance must be an object")
     inp = _get(header, "input", dict)
     for key in ("channels", "height", "width", "resize", "crop"):
         v = _get(inp, key, int)
         if not 0 < v <= 4096:
             raise BonnFormatError(f"input.{key} = {v} out of range")
+    if inp["channels"] not in (1, 3):
+        raise BonnFormatError(f"input.channels = {inp['channels']}: images have 1 (grey) or 3 (RGB)")
+    # the net is checked and run at crop x crop, the size preprocessing hands it
+    if not inp["height"] == inp["width"] == inp["crop"] <= inp["resize"]:
+        raise BonnFormatError(f"input: height {inp['height']} and width {inp['width']} must equal crop "
+                              f"{inp['crop']}, and resize {inp['resize']} must be >= crop")
     for key in ("mean", "std"):
         v = _get(inp, key, list)
         if len(v) != inp["channels"] or not all(isinstance(x, (int, float)) for x in v):
@@ -232,6 +263,8 @@ def _check_graph(header: dict, tensors: dict[str, np.ndarray]) -> None:
     Channel counts are tracked through the graph so mismatched layers are caught at load time."""
     graph = _get(header, "graph", dict)
     ops = _get(graph, "ops", list)
+    if len(ops) > MAX_OPS:
+        raise BonnFormatError(f"graph has {len(ops)} ops; the engine takes at most {MAX_OPS}")
     gin, gout = _get(graph, "input", str), _get(graph, "output", str)
     channels: dict[str, int] = {gin: header["input"]["channels"]}
     for i, op in enumerate(ops):
@@ -291,6 +324,9 @@ def _check_graph(header: dict, tensors: dict[str, np.ndarray]) -> None:
                 expect("bias", (co,))
             else:
                 expect("weight", (co, k, k, (ci + 63) // 64), "uint64")
+                if ci % 64 and np.any(t["weight"][..., -1] >> np.uint64(ci % 64)):
+                    # the kernel counts every bit of a word: a set pad bit would shift the output silently
+                    raise BonnFormatError(f"{label}: packed weight has bits set beyond in_channels {ci}")
                 expect("bn_scale", (ci,))
                 expect("bn_shift", (ci,))
                 expect("alpha", (1,))

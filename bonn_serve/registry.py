@@ -297,6 +297,18 @@ def register_file(
     return _entry(bentoml.models.get(f"{name}:{m.tag.version}")), True
 
 
+def _check_engine_builds(path: Path, packed: Any) -> None:
+    """Build the engine once, so a file it would refuse (a graph it cannot run at its input size, over its memory
+    or compute limits) fails here with the reason, not in every server worker after registration."""
+    from .engine import Engine
+    from .format import BonnFormatError
+
+    try:
+        Engine(packed, threads=1)
+    except ValueError as e:
+        raise BonnFormatError(f"{path}: the engine refuses this model: {e}") from None
+
+
 def register(
     path: str | Path, fp: str | Path | None = None, name: str | None = None, fp_name: str | None = None
 ) -> list[tuple[ModelEntry, bool]]:
@@ -307,6 +319,7 @@ def register(
     if path.suffix != ".bonn":
         raise RegistryError(f"{path}: expected a packed .bonn model")
     packed = read_bonn(path)  # validates structure and all checksums
+    _check_engine_builds(path, packed)
     card = load_card(path)
     hmodel = packed.header.get("model", {})
     arch = str(card.get("arch") or hmodel.get("arch") or "unknown")

@@ -213,6 +213,113 @@ def test_runtime_shape_errors_are_value_errors(blob, tmp_path):
         native.predict(np.zeros((1, 3, 2, 2), np.float32))
 
 
+# ------------------------------------------------------------------------------- hostile, checksum-valid
+def raw_header_blob(blob: bytes, hjson: bytes) -> bytes:
+    """`blob`'s payload under an arbitrary header text (not necessarily valid JSON for our schema)."""
+    _, payload, _ = split(blob)
+    head = PREFIX.pack(b"\x89BONN\r\n\x1a", 1, 0, len(hjson), hashlib.sha256(hjson).digest()) + hjson
+    return head + b"\0" * ((-len(head)) % ALIGN) + payload
+
+
+def with_payload(blob: bytes, payload: bytes) -> bytes:
+    """`blob` with an edited payload and every checksum recomputed, so only the structural checks can object."""
+    header, _, _ = split(blob)
+    header["payload"] = {"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    for t in header["tensors"]:
+        t["sha256"] = hashlib.sha256(payload[t["offset"]:t["offset"] + t["length"]]).hexdigest()
+    new = reheader(blob, header)  # the old payload, of the same length, sits at its end
+    return new[:len(new) - len(payload)] + payload
+
+
+def test_hostile_json_is_a_format_error(blob):
+    """What json and numpy raise on their own (recursion, digit limits, unhashable keys, rank limits) comes out
+    as BonnFormatError, so `register` and `serve` print a message instead of a traceback."""
+    header, _, _ = split(blob)
+    expect_error(raw_header_blob(blob, b"[" * 100_000 + b"]" * 100_000), "malformed header")
+    expect_error(raw_header_blob(blob, json.dumps(header).replace('"length": ', '"length": ' + "9" * 5000 + ", \"x\": ", 1)
+                                 .encode()), "malformed header")
+    for edit, words in (
+        (lambda h: h["tensors"][0].__setitem__("dtype", []), ("unsupported dtype",)),
+        (lambda h: h["tensors"][0].__setitem__("shape", [1] * 65), ("invalid shape",)),
+        (lambda h: h["payload"].__setitem__("length", True), ("payload",)),
+        (lambda h: h.__setitem__("model", None), ("'model'",)),
+        (lambda h: h["model"].__setitem__("provenance", "x"), ("provenance",)),
+    ):
+        bad = copy.deepcopy(header)
+        edit(bad)
+        expect_error(reheader(blob, bad), *words)
+
+
+@pytest.mark.parametrize("edit, words", [
+    ({"crop": 8}, ("must equal crop",)),            # checked at 12x12, run at 8x8: every request would fail
+    ({"height": 16, "width": 16}, ("must equal crop",)),
+    ({"resize": 8, "crop": 12}, ("resize",)),
+    ({"channels": 4, "mean": [0.5] * 4, "std": [0.25] * 4}, ("channels",)),
+])
+def test_input_spec_must_be_the_size_the_net_runs_at(blob, edit, words):
+    header, _, _ = split(blob)
+    header["input"].update(edit)
+    expect_error(reheader(blob, header), *words)
+
+
+def test_bytes_outside_tensors_must_be_zero(blob):
+    """No checksum covers the header padding, and the payload checksum covers the gaps between tensors only
+    as bytes: both must be zero (spec 2.1), so a valid file cannot carry hidden data."""
+    header, payload, poff = split(blob)
+    hend = PREFIX.size + PREFIX.unpack_from(blob, 0)[3]
+    assert poff > hend, "the tiny model needs header padding for this test"
+    b = bytearray(blob)
+    b[hend] = 0x41
+    expect_error(bytes(b), "padding")
+    spans = sorted((t["offset"], t["offset"] + t["length"]) for t in header["tensors"])
+    gap = next(end for (_, end), (nxt, _) in zip(spans, spans[1:]) if nxt > end)
+    p = bytearray(payload)
+    p[gap] = 0x41
+    expect_error(with_payload(blob, bytes(p)), "outside the tensors")
+    parse_bonn(with_payload(blob, payload))  # the helper itself keeps a valid file valid
+
+
+def test_graph_that_grows_its_maps_is_refused_at_load(blob):
+    """A chain of padded max-pools needs no weights and grows the map by K - 1 per op: without limits its first
+    request would allocate gigabytes or run for hours. The engine refuses it when it is built."""
+    header, _, _ = split(blob)
+    ops = header["graph"]["ops"]
+    head = next(i for i, o in enumerate(ops) if o["name"] == "head")
+
+    def grown(n: int) -> bytes:  # n max-pools (64x64, padding 63) between the last block and the head
+        chain = [{"name": f"g{i}", "op": "maxpool2d", "inputs": ["b2" if i == 0 else f"g{i - 1}"],
+                  "output": f"g{i}", "attrs": {"kernel": 64, "stride": 1, "padding": 63}, "tensors": {}}
+                 for i in range(n)]
+        h = copy.deepcopy(header)
+        h["graph"]["ops"] = ops[:head] + chain + [dict(ops[head], inputs=[f"g{n - 1}"])] + ops[head + 1:]
+        return reheader(blob, h)
+
+    model = parse_bonn(grown(40))  # structurally valid: 6x6 grows to 2526x2526
+    with pytest.raises(ValueError, match="activations per image|multiply-adds per image"):
+        Engine(model, threads=1)
+    with pytest.raises(ValueError, match="exceeds the engine's"):  # past 65536 per side: shape inference stops
+        Engine(parse_bonn(grown(1200)), threads=1)
+    expect_error(grown(5000), "at most")  # more ops than any net has
+
+
+def test_register_refuses_a_file_the_engine_refuses(blob, tmp_path, monkeypatch):
+    """A file the Python reader accepts but the engine cannot build (here: a ReLU on a max-pool, which only the
+    C++ builder checks) fails at `register`, naming the reason, not later in every server worker."""
+    from bonn_serve import registry
+
+    header, _, _ = split(blob)
+    header["graph"]["ops"].insert(1, {"name": "mp", "op": "maxpool2d", "inputs": ["stem"], "output": "mp",
+                                      "attrs": {"kernel": 1, "stride": 1, "padding": 0, "act": "relu"},
+                                      "tensors": {}})
+    header["graph"]["ops"][2]["inputs"][0] = "mp"
+    path = tmp_path / "relu-pool.bonn"
+    path.write_bytes(reheader(blob, header))
+    parse_bonn(path.read_bytes())
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "home"))
+    with pytest.raises(BonnFormatError, match="engine refuses this model"):
+        registry.register(path)
+
+
 # ------------------------------------------------------------------------------------------------- fuzzing
 def _fuzz(seed: int, cases: int, workdir: Path) -> str:
     """Byte flips anywhere, then header-value mutations with valid checksums fed to both the Python reader
@@ -233,9 +340,9 @@ def _fuzz(seed: int, cases: int, workdir: Path) -> str:
         except BonnFormatError:
             rejected += 1
             continue
-        # Accepted only where nothing is lost: the minor version (any minor of major 1 is valid) and the
-        # zero padding between the header and the payload, which no checksum covers.
-        assert pos in (10, 11) or hend <= pos < poff, f"flip at {pos} was accepted"
+        # Accepted only where nothing is lost: the minor version (any minor of major 1 is valid). The
+        # padding between header and payload, which no checksum covers, must stay zero.
+        assert pos in (10, 11), f"flip at {pos} was accepted"
         np.testing.assert_array_equal(Engine(m, threads=1).predict(np.ones((1, 3, 12, 12), np.float32)), ref)
         accepted += 1
     values = [0, 1, 2, 3, -1, 7, 64, 65, 1 << 20, 1 << 33, True, None, "x", [1], 0.5]
@@ -258,8 +365,29 @@ def _fuzz(seed: int, cases: int, workdir: Path) -> str:
             native_ran += 1
         except ValueError:
             native_rejected += 1
-    return (f"flips rejected={rejected} accepted(padding)={accepted}; "
-            f"mutations native_rejected={native_rejected} ran={native_ran}")
+    # Top-level and tensor-table fields too. Whatever the reader accepts must build into an engine that runs at
+    # the declared input, or be refused by it with a ValueError: never a crash, never a non-ValueError.
+    table_rejected = table_ran = 0
+    for _ in range(cases):
+        header = copy.deepcopy(model.header)
+        target = [header["input"], header["model"], header["payload"], header["graph"],
+                  header["tensors"][int(rng.integers(0, len(header["tensors"])))]][int(rng.integers(0, 5))]
+        key = list(target)[int(rng.integers(0, len(target)))]
+        target[key] = values[int(rng.integers(0, len(values)))]
+        try:
+            m = parse_bonn(reheader(blob, header))
+        except BonnFormatError:
+            table_rejected += 1
+            continue
+        try:
+            side = m.input_spec["crop"]
+            Engine(m, threads=1).predict(np.ones((1, m.input_spec["channels"], side, side), np.float32))
+            table_ran += 1
+        except ValueError:
+            table_rejected += 1
+    return (f"flips rejected={rejected} accepted(minor version)={accepted}; "
+            f"mutations native_rejected={native_rejected} ran={native_ran}; "
+            f"header fields rejected={table_rejected} ran={table_ran}")
 
 
 def test_fuzz_never_crashes(tmp_path):

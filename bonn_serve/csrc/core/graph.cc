@@ -18,7 +18,8 @@ namespace {
 enum class OpKind { kConv, kMaxPool, kBinaryConv, kBatchNorm, kAvgPool, kLinear };
 
 constexpr int64_t kMaxKernel = 64, kMaxStride = 64, kMaxChannels = 1 << 16, kMaxFeatures = 1 << 20;
-constexpr int64_t kMaxDim = 1 << 16;                  // input H, W and batch
+constexpr int64_t kMaxDim = 1 << 16;                  // input H, W and batch; every value's H, W
+constexpr int64_t kMaxPixels = int64_t(1) << 26;      // H * W of any value: keeps per-image pixel counts in int
 constexpr int64_t kMaxArenaBytes = int64_t(1) << 40;  // sanity bound before allocating
 
 std::string label(size_t i, const OpArg& op) { return "op #" + std::to_string(i) + " (" + op.op + " '" + op.name + "')"; }
@@ -293,6 +294,9 @@ std::vector<Model::Shape> Model::infer_shapes(int N, int H, int W) const {
   if (N < 1 || N > kMaxDim || H < 1 || H > kMaxDim || W < 1 || W > kMaxDim)
     fail("input shape [" + std::to_string(N) + ", " + std::to_string(in_channels_) + ", " + std::to_string(H) + ", " +
          std::to_string(W) + "]: batch, height and width must be in [1, " + std::to_string(kMaxDim) + "]");
+  if (int64_t(H) * W > kMaxPixels)
+    fail("input shape: " + std::to_string(H) + "x" + std::to_string(W) + " has more than " + std::to_string(kMaxPixels) +
+         " pixels");
   std::vector<Shape> s(value_producer_.size());
   s[0] = {H, W, in_channels_, false};
   for (const auto& np : nodes_) {
@@ -309,6 +313,10 @@ std::vector<Model::Shape> Model::infer_shapes(int N, int H, int W) const {
                "); the model input is too small");
         y.H = (x.H + 2 * n.pad - n.K) / n.stride + 1;
         y.W = (x.W + 2 * n.pad - n.K) / n.stride + 1;
+        // padding up to K - 1 lets a map grow by K - 1 per op: a hostile chain must not grow it without bound
+        if (y.H > kMaxDim || y.W > kMaxDim || int64_t(y.H) * y.W > kMaxPixels)
+          fail(n.label + ": output " + std::to_string(y.H) + "x" + std::to_string(y.W) + " exceeds the engine's " +
+               std::to_string(kMaxDim) + " per side / " + std::to_string(kMaxPixels) + " pixels");
         if (n.kind != OpKind::kMaxPool) y.C = n.Co;
         if (n.in1 >= 0) {
           const Shape& r = s[n.in1];
@@ -347,10 +355,12 @@ std::vector<OpStats> Model::stats(int N, int H, int W) const {
     st.C = y.C;
     st.H = y.H;
     st.W = y.W;
-    const int64_t macs = int64_t(N) * y.H * y.W * n.Co * n.K * n.K * n.Ci;
+    // In double, saturated: a hostile graph's count may pass int64 (exact below 2^53, far above real nets)
+    auto count = [](double m) { return m >= 9.0e18 ? std::numeric_limits<int64_t>::max() : int64_t(m); };
+    const int64_t macs = count(double(N) * y.H * y.W * n.Co * n.K * n.K * n.Ci);
     if (n.kind == OpKind::kConv) st.float_macs = macs;
     if (n.kind == OpKind::kBinaryConv) st.binary_macs = macs;
-    if (n.kind == OpKind::kLinear) st.float_macs = int64_t(N) * n.Ci * n.Co;
+    if (n.kind == OpKind::kLinear) st.float_macs = count(double(N) * n.Ci * n.Co);
     st.fused_pack = n.packed_by_producer;
     out.push_back(st);
   }

@@ -411,6 +411,25 @@ TEST_CASE(graph_matches_float_reference_on_every_path) {
     CHECK(std::isfinite(out[0]));
   }
 
+  // A chain of padded max-pools (no weights) grows the map by K - 1 per op: shape inference stops it at the
+  // engine's per-side limit instead of planning an arena of terabytes.
+  {
+    GraphArg grown = g;
+    std::vector<OpArg> chain;
+    for (int i = 0; i < 1100; ++i) {
+      OpArg mp = make_op("grow" + std::to_string(i), "maxpool2d", {i ? "g" + std::to_string(i - 1) : "p"},
+                         "g" + std::to_string(i));
+      mp.attrs = {{"kernel", 64}, {"stride", 1}, {"padding", 63}};
+      chain.push_back(mp);
+    }
+    grown.ops[2].inputs = {"g1099", "g1099"};
+    grown.ops.insert(grown.ops.begin() + 2, chain.begin(), chain.end());
+    Model m(grown, ModelOptions{});
+    CHECK_THROWS(m.stats(1, H, W));
+    std::vector<float> out(size_t(N) * O);
+    CHECK_THROWS(m.run(x_nchw.data(), 1, H, W, out.data()));
+  }
+
   // Builder checks: each broken variant must throw std::invalid_argument.
   auto expect_invalid = [&](GraphArg bad, const char* what) {
     bool threw = false;
