@@ -14,6 +14,7 @@ the loop that briefly only delays parsing of the next requests, which then form 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import statistics
 import time
@@ -23,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+logger = logging.getLogger("bonn_serve")
 
 
 class Overloaded(RuntimeError):
@@ -67,6 +70,7 @@ class MicroBatcher:
         self.max_queue, self.on_batch, self.name = max_queue, on_batch, name
         self._pending: deque[_Item] = deque()
         self._pending_images = 0
+        self._inflight: list[_Item] = []  # the batch the runner is working on
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._wakeup: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
@@ -141,32 +145,51 @@ class MicroBatcher:
             items = self._take()
             if not items:
                 continue
-            x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
-            start = time.perf_counter()
+            self._inflight = items
             try:
-                if self.expected_s(int(x.shape[0])) <= self.inline_s:
-                    logits, engine_s = self._timed(x)  # cheap: skip the thread hand-offs (module docstring)
+                results = await self._run_batch(loop, items)
+            except Exception as e:  # any failure fails this batch's requests, never leaves them waiting
+                results = [e] * len(items)
+            finally:
+                self._inflight = []
+            for item, r in zip(items, results, strict=True):
+                if item.future.done():  # cancelled: the client went away
+                    continue
+                if isinstance(r, Exception):
+                    item.future.set_exception(r)
                 else:
-                    logits, engine_s = await loop.run_in_executor(self._executor, self._timed, x)
-            except Exception as e:  # an engine failure fails this batch, not the server
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(e)
-                continue
-            n = int(x.shape[0])
-            self._recent.append(engine_s / n)
-            if self.on_batch is not None:
+                    item.future.set_result(r)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> list[BatchResult]:
+        x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+        n = int(x.shape[0])
+        start = time.perf_counter()
+        if self.expected_s(n) <= self.inline_s:
+            logits, engine_s = self._timed(x)  # cheap: skip the thread hand-offs (module docstring)
+        else:
+            logits, engine_s = await loop.run_in_executor(self._executor, self._timed, x)
+        if getattr(logits, "ndim", 0) != 2 or logits.shape[0] != n:
+            raise RuntimeError(f"model {self.name!r} returned {getattr(logits, 'shape', '?')} for a batch of {n}")
+        self._recent.append(engine_s / n)
+        if self.on_batch is not None:
+            try:
                 self.on_batch(n, engine_s)
-            offset = 0
-            for item in items:
-                k = int(item.x.shape[0])
-                if not item.future.done():
-                    item.future.set_result(
-                        BatchResult(logits[offset : offset + k], engine_s, start - item.enqueued, n)
-                    )
-                offset += k
+            except Exception:  # metrics must never fail the requests they describe
+                logger.exception("batch metrics of model %r failed", self.name)
+        results, offset = [], 0
+        for item in items:
+            k = int(item.x.shape[0])
+            results.append(BatchResult(logits[offset : offset + k], engine_s, start - item.enqueued, n))
+            offset += k
+        return results
 
     def close(self) -> None:
+        """Stop the runner; every request still queued or in the running batch fails instead of waiting."""
         if self._runner is not None:
             self._runner.cancel()
+        for item in [*self._pending, *self._inflight]:
+            if not item.future.done():
+                item.future.set_exception(RuntimeError(f"model {self.name!r} is shutting down"))
+        self._pending.clear()
+        self._pending_images = 0
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -17,11 +17,14 @@ import numpy as np
 from . import metrics, registry
 from .backends import LoadedModel, load_model
 from .batcher import MicroBatcher
-from .images import DecodeLimits, ImageError, decode_image
+from .images import DecodeLimits, ImageError, decode_image, header_pixels
 from .settings import Settings
 
 logger = logging.getLogger("bonn_serve")
-INLINE_DECODE_BYTES = 64 << 10  # smaller uploads decode on the event loop; larger ones on a thread
+# Small uploads decode on the event loop, others on a thread. Bytes alone do not bound the work: a 3 KB
+# one-bit PNG can declare 24 MP, so the header's pixel count decides too.
+INLINE_DECODE_BYTES = 64 << 10
+INLINE_DECODE_PIXELS = 1 << 20
 
 
 class RequestError(ValueError):
@@ -92,8 +95,23 @@ class Classifier:
                 loaded.load_seconds,
             )
         self.default_model = self._pick_default(settings.default_model)
-        metrics.update_process_rss()
+        self._rss_updated = 0.0
+        self.refresh_process_gauges()
+
+    def refresh_process_gauges(self) -> None:
+        """This worker's RSS, and no gauges of workers that died, at most once a second. Called on every
+        request, failed ones and /models, /compare included, so an idle or erroring worker does not go stale."""
+        if time.monotonic() - self._rss_updated < 1.0:
+            return
         self._rss_updated = time.monotonic()
+        metrics.update_process_rss()
+        try:
+            dropped = metrics.forget_dead_processes()
+        except Exception:  # a metrics directory we cannot read must not fail requests
+            logger.exception("cannot drop the metrics of dead workers")
+            return
+        if dropped:
+            logger.info("dropped the live gauges of dead worker processes %s", dropped)
 
     @classmethod
     def from_registry(cls, settings: Settings, entries: list[registry.ModelEntry]) -> Classifier:
@@ -149,13 +167,21 @@ class Classifier:
         return k
 
     def _decode_all(self, blobs: list[bytes], served: ServedModel) -> np.ndarray:
-        images = []
+        """Decode and preprocess one image at a time: only one full-size decoded image is alive at once, not
+        all of a request's (32 images of 24 MP would be 3 GB)."""
+        spec = served.model.input_spec
+        side = int(spec["crop"])
+        out = np.empty((len(blobs), int(spec["channels"]), side, side), dtype=np.float32)
         for i, blob in enumerate(blobs):
             try:
-                images.append(decode_image(blob, served.limits))
+                out[i] = preprocess_images([decode_image(blob, served.limits)], spec)[0]
             except ImageError as e:
                 raise RequestError(e.code, f"image {i}: {e.detail}", e.status) from None
-        return preprocess_images(images, served.model.input_spec)
+            except MemoryError:  # a backstop: preprocessing is bounded, but the image is what asked for it
+                raise RequestError("image_too_large", f"image {i}: not enough memory to preprocess it", 413) from None
+            except ValueError as e:
+                raise RequestError("corrupt_image", f"image {i}: cannot preprocess it: {e}") from None
+        return out
 
     async def classify(
         self,
@@ -177,7 +203,7 @@ class Classifier:
                 413,
             )
         t_dec = time.perf_counter()
-        if sum(len(b) for b in blobs) <= INLINE_DECODE_BYTES:
+        if sum(len(b) for b in blobs) <= INLINE_DECODE_BYTES and sum(map(header_pixels, blobs)) <= INLINE_DECODE_PIXELS:
             x = self._decode_all(blobs, served)
         else:
             x = await asyncio.to_thread(self._decode_all, blobs, served)
@@ -193,9 +219,6 @@ class Classifier:
         lm = served.model
         metrics.DECODE_SECONDS.labels(lm.name, lm.backend).observe(decode_s)
         metrics.REQUEST_SECONDS.labels(lm.name, lm.backend).observe(total_s)
-        if time.monotonic() - self._rss_updated > 1.0:  # keep the RSS gauge fresh without a timer task
-            self._rss_updated = time.monotonic()
-            metrics.update_process_rss()
         return {
             "model": lm.name,
             "version": lm.entry.version,

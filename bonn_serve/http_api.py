@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -144,15 +145,19 @@ def build_app(
             return error_response("internal", "an unexpected error occurred; see the server log", 500)
         finally:
             in_flight -= 1
+            clf.refresh_process_gauges()
 
     async def models(request: Request) -> Response:
         clf = get_classifier()
+        clf.refresh_process_gauges()
         return JSONResponse({"default": clf.default_model, "models": clf.model_summaries()})
 
     async def compare(request: Request) -> Response:
         from .compare import compare_report, render_html
 
-        report = compare_report(get_classifier())
+        clf = get_classifier()
+        clf.refresh_process_gauges()
+        report = compare_report(clf)
         wants_html = request.query_params.get("format") == "html" or (
             "text/html" in request.headers.get("accept", "") and request.query_params.get("format") != "json"
         )
@@ -170,11 +175,20 @@ def build_app(
             base = {"openapi": "3.0.2", "info": {"title": "bonn_classifier", "version": "0"}, "paths": {}}
         return JSONResponse(merged_spec(base) if base else {"paths": PATHS})
 
-    return Starlette(
-        routes=[
-            Route("/docs.json", docs, methods=["GET"]),
-            Route("/classify", classify, methods=["POST"]),
-            Route("/models", models, methods=["GET"]),
-            Route("/compare", compare, methods=["GET"]),
-        ]
-    )
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own 405 (a known route, another method) is plain text; ours are {error, detail} JSON
+        status = getattr(exc, "status_code", 500)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+        detail = {404: f"no route {request.url.path!r}; see /docs", 405: f"{request.method} is not allowed on "
+                  f"{request.url.path}"}.get(status, str(getattr(exc, "detail", "")))
+        return error_response(code, detail, status, dict(getattr(exc, "headers", None) or {}))
+
+    routes = [
+        Route("/docs.json", docs, methods=["GET"]),
+        Route("/classify", classify, methods=["POST"]),
+        Route("/models", models, methods=["GET"]),
+        Route("/compare", compare, methods=["GET"]),
+    ]
+    # No catch-all: BentoML mounts this app among its own routes (its index page and assets come after it), so
+    # an unknown path is BentoML's to answer (a plain-text 404; docs/security.md, known gaps).
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -89,6 +89,18 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Im
         raise ImageError("image_too_large", "the image needs too much memory to decode", 413) from None
 
 
+def header_pixels(data: bytes) -> int:
+    """Pixels an upload's header declares (Pillow reads only the header); 0 if it has none Pillow can read, in
+    which case decoding fails fast anyway."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a bomb warning here is decode_image's to report
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+                return int(im.size[0]) * int(im.size[1])
+    except Exception:  # any unreadable header: decode_image gives the real error
+        return 0
+
+
 def sniff(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
     """Format from the magic bytes and, where the header has it at a fixed offset, (width, height).
     Only used to explain why Pillow refused a file."""

@@ -105,6 +105,25 @@ def update_process_rss() -> int:
     return rss
 
 
+def forget_dead_processes() -> list[int]:
+    """Drop the live gauges (RSS, queue) of worker processes that no longer exist. prometheus_client only does
+    this when told (`mark_process_dead`), which a SIGKILLed or OOM-killed worker never does: its last RSS and
+    queue length would stay in /metrics and /compare until the server restarts. Returns the pids dropped."""
+    import re
+
+    import psutil
+    from prometheus_client import multiprocess
+
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    if not mp_dir or not os.path.isdir(mp_dir):
+        return []
+    pids = {int(m.group(1)) for f in os.listdir(mp_dir) if (m := re.fullmatch(r"gauge_live\w+?_(\d+)\.db", f))}
+    dead = sorted(pid for pid in pids if not psutil.pid_exists(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, mp_dir)
+    return dead
+
+
 def _registry() -> Any:
     """All processes' samples when running under BentoML's multiprocess mode, else this process's."""
     from prometheus_client import REGISTRY, multiprocess

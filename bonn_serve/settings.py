@@ -90,6 +90,9 @@ def load_settings() -> Settings:
         )
         threads = capped
     models = tuple(t.strip() for t in os.environ.get("BONN_MODELS", "").split(",") if t.strip())
+    max_queue, max_images = _int_env("BONN_MAX_QUEUE", 256, 1, 100_000), _int_env("BONN_MAX_IMAGES", 32, 1, 1024)
+    if max_images > max_queue:  # such a request could never be queued, yet would be told to retry (503)
+        raise ValueError(f"BONN_MAX_IMAGES ({max_images}) must not exceed BONN_MAX_QUEUE ({max_queue})")
     return Settings(
         cpus=cpus,
         workers=workers,
@@ -97,8 +100,8 @@ def load_settings() -> Settings:
         max_batch=_int_env("BONN_MAX_BATCH", 32, 1, 1024),
         max_wait_ms=_float_env("BONN_MAX_WAIT_MS", 0.0, 0.0, 1000.0),
         inline_ms=_float_env("BONN_INLINE_MS", 2.0, 0.0, 1000.0),
-        max_queue=_int_env("BONN_MAX_QUEUE", 256, 1, 100_000),
-        max_images=_int_env("BONN_MAX_IMAGES", 32, 1, 1024),
+        max_queue=max_queue,
+        max_images=max_images,
         max_body_bytes=_int_env("BONN_MAX_BODY_BYTES", 8 << 20, 1024, 1 << 30),
         max_pixels=_int_env("BONN_MAX_PIXELS", 24_000_000, 1, 1 << 31),
         max_concurrency=_int_env("BONN_MAX_CONCURRENCY", 64, 1, 10_000),

@@ -190,9 +190,25 @@ def test_chunked_body_over_limit_is_413(server):
     assert r.status_code == 413 and r.json()["error"] == "request_too_large"
 
 
-def test_wrong_method_is_4xx(server):
-    assert requests.get(server.url + "/classify", timeout=10).status_code == 405
-    assert requests.post(server.url + "/models", timeout=10).status_code == 405
+def test_wrong_method_is_4xx_json(server):
+    for method, path in (("get", "/classify"), ("post", "/models"), ("delete", "/compare")):
+        r = getattr(requests, method)(server.url + path, timeout=10)
+        assert r.status_code == 405
+        assert r.headers["content-type"] == "application/json", (path, r.text[:200])
+        assert r.json()["error"] == "method_not_allowed" and r.json()["detail"], r.text
+    # an unknown path is BentoML's to answer (its router runs first): a 404, plain text (docs/security.md)
+    assert requests.get(server.url + "/no-such-route", timeout=10).status_code == 404
+
+
+def test_extreme_aspect_ratio_is_classified(server):
+    """1 x 1,000,000 pixels: 2 KB on the wire, under the pixel limit, and resized whole it would become a
+    32 x 32,000,000 image (4 GB). Only its crop is resized (tests/test_images.py checks the sizes)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1_000_000), (200, 30, 30)).save(buf, "PNG", optimize=True)
+    r = requests.post(server.url + "/classify", data=buf.getvalue(), headers={"Content-Type": "image/png"},
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"][0]) == 5
 
 
 def test_server_still_healthy_and_counts_errors(server):

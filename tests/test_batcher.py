@@ -197,3 +197,42 @@ def test_cheap_batches_run_inline_and_expensive_ones_on_the_engine_thread():
     offloaded.close()
     assert threads[0] == loop_thread and threads[1] != loop_thread
     assert inline.expected_s(4) > 0
+
+
+def test_a_failure_outside_the_engine_call_fails_the_batch_instead_of_hanging_it():
+    """A model returning the wrong number of rows, or a metrics hook that raises: the requests get an error or
+    their result, never a future left waiting until the HTTP timeout."""
+    short = MicroBatcher(lambda x: np.zeros((x.shape[0] - 1, 1), np.float32), max_batch=8)
+
+    async def run(b: MicroBatcher, x: np.ndarray):
+        return await asyncio.wait_for(b.submit(x), 5)
+
+    with pytest.raises(RuntimeError, match="returned .* for a batch of 2"):
+        asyncio.run(run(short, images(2, 1)))
+    short.close()
+
+    def broken_hook(n: int, seconds: float) -> None:
+        raise KeyError("metrics backend gone")
+
+    hooked = MicroBatcher(FakeEngine(), max_batch=8, on_batch=broken_hook)
+    result = asyncio.run(run(hooked, images(1, 3)))
+    hooked.close()
+    assert float(result.logits[0, 0]) == 12.0
+
+
+def test_close_fails_queued_and_running_requests():
+    engine = FakeEngine(hold=True)
+    b = MicroBatcher(engine, max_batch=1)
+
+    async def main():
+        running = asyncio.create_task(b.submit(images(1, 1)))
+        await wait_started(engine)
+        queued = asyncio.create_task(b.submit(images(1, 2)))
+        await asyncio.sleep(0.02)
+        b.close()
+        engine.gate.set()
+        return await asyncio.gather(running, queued, return_exceptions=True)
+
+    outcomes = asyncio.run(asyncio.wait_for(main(), 5))
+    assert all(isinstance(o, RuntimeError) and "shutting down" in str(o) for o in outcomes), outcomes
+    assert b.queued_images == 0

@@ -178,7 +178,8 @@ def test_queue_overflow_is_503_with_retry_after(good_store: Path, tmp_path: Path
     """With at most 8 queued images and batches that wait 1 s to fill, 6 concurrent 4-image requests
     cannot all be queued: the extra ones must be refused with 503, a reason and Retry-After, while the
     queued ones complete."""
-    env = {"BONN_MAX_QUEUE": "8", "BONN_MAX_BATCH": "64", "BONN_MAX_WAIT_MS": "1000", "BONN_WORKERS": "1"}
+    env = {"BONN_MAX_QUEUE": "8", "BONN_MAX_IMAGES": "8", "BONN_MAX_BATCH": "64", "BONN_MAX_WAIT_MS": "1000",
+           "BONN_WORKERS": "1"}
     with lt.start_server(
         good_store, tmp_path / "server.log", env_extra=env, extra_args=["--no-register"]
     ) as srv:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bonn_serve.images import DecodeLimits, ImageError, decode_image, sniff
+from bonn_serve.images import DecodeLimits, ImageError, decode_image, header_pixels, sniff
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -190,3 +190,43 @@ def test_corrupted_images_never_crash(fmt: str, edits: list[tuple[int, int]]) ->
         assert decode_image(bytes(data)).mode == "RGB"
     except ImageError as e:
         assert 400 <= e.status < 500
+
+
+@pytest.mark.parametrize("size", [(1, 1_000_000), (1_000_000, 1), (3, 200_000)])
+def test_extreme_aspect_ratio_never_makes_a_huge_intermediate(size, monkeypatch) -> None:
+    """Resizing the whole 1 x 1,000,000 image to shorter side 32 would make 32 x 32,000,000 pixels (4 GB)."""
+    from bonn_serve import preprocess as pp
+
+    made = []
+    real_resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize",
+                        lambda self, sz, *a, **k: (made.append(sz[0] * sz[1]), real_resize(self, sz, *a, **k))[1])
+    out = pp.preprocess(Image.new("RGB", size, (10, 200, 30)), {"channels": 3, "resize": 32, "crop": 32,
+                                                              "mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert out.shape == (1, 3, 32, 32) and made and max(made) <= pp.MAX_RESIZED_PIXELS
+    np.testing.assert_allclose(out[0, :, 16, 16], np.array([10, 200, 30]) / 255.0, atol=1e-6)
+
+
+def test_crop_only_resize_matches_the_full_resize(monkeypatch) -> None:
+    """Past MAX_RESIZED_PIXELS only the crop's source region is resized: the same sampling as resizing the
+    whole image and cropping, within Pillow's fixed-point rounding (2 grey levels)."""
+    from bonn_serve import preprocess as pp
+
+    rng = np.random.default_rng(0)
+    for w, h, resize, crop in ((640, 480, 256, 224), (37, 100, 40, 32), (3000, 2000, 32, 32), (48, 48, 40, 32)):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        full = np.asarray(pp.resize_center_crop(img, resize, crop), dtype=int)
+        monkeypatch.setattr(pp, "MAX_RESIZED_PIXELS", 0)
+        boxed = np.asarray(pp.resize_center_crop(img, resize, crop), dtype=int)
+        monkeypatch.undo()
+        assert boxed.shape == full.shape == (crop, crop, 3)
+        assert np.abs(boxed - full).max() <= 2 and np.abs(boxed - full).mean() < 0.3
+
+
+def test_header_pixels_reads_only_the_header() -> None:
+    """A 24 MP one-bit PNG is ~3 KB: the pixel count, not the byte count, says it is expensive to decode."""
+    buf = io.BytesIO()
+    Image.new("1", (6000, 4000)).save(buf, "PNG", optimize=True)
+    assert len(buf.getvalue()) < 10_000
+    assert header_pixels(buf.getvalue()) == 24_000_000
+    assert header_pixels(b"not an image") == 0

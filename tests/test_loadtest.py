@@ -206,15 +206,18 @@ def test_short_loadtest_passes_ci_gates(tmp_path: Path) -> None:
 @needs_locust
 @pytest.mark.slow
 def test_forced_shedding_is_counted_as_shed_not_failure(tmp_path: Path) -> None:
-    """BONN_MAX_QUEUE=2 makes every 4-image request overflow the queue: each must come back as a 503 that
-    the runner counts as shed, not as a failure, while the other requests keep passing."""
+    """BONN_MAX_QUEUE=4 (and at most 4 images per request, which the settings require) with batches held to fill:
+    a 4-image request fits only an empty queue, so under 4 users many are refused. Each refusal must come back
+    as a 503 that the runner counts as shed, not as a failure, while the other requests keep passing."""
     r, out = run_loadtest_cli(
-        tmp_path, "--users", "4", "--duration", "15", "--server-env", "BONN_MAX_QUEUE=2"
+        tmp_path, "--users", "4", "--duration", "15", "--server-env", "BONN_MAX_QUEUE=4",
+        "--server-env", "BONN_MAX_IMAGES=4", "--server-env", "BONN_MAX_WAIT_MS=50",
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failures"] == 0, summary["failures_by_kind"]
     multi = [n for n in summary["outcomes"] if "multi-4" in n]
-    assert multi and all(set(summary["outcomes"][n]) == {"shed_503"} for n in multi), summary["outcomes"]
-    # Single images are shed too when two are already queued; Locust's count and ours must agree.
+    assert multi and all(set(summary["outcomes"][n]) <= {"ok", "shed_503"} for n in multi), summary["outcomes"]
+    assert sum(summary["outcomes"][n].get("shed_503", 0) for n in multi) > 0, summary["outcomes"]
+    # Locust's shed count and ours must agree.
     assert summary["shed_503"] == sum(c.get("shed_503", 0) for c in summary["outcomes"].values()) > 0
     assert r.returncode == 0, r.stdout

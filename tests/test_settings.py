@@ -59,6 +59,16 @@ def test_invalid_values_name_the_variable(cpus, monkeypatch, var, value):
         st.load_settings()
 
 
+def test_more_images_per_request_than_the_queue_holds_is_refused(cpus, monkeypatch):
+    cpus(2)
+    monkeypatch.setenv("BONN_MAX_QUEUE", "8")
+    monkeypatch.setenv("BONN_MAX_IMAGES", "16")
+    with pytest.raises(ValueError, match="BONN_MAX_IMAGES .16. must not exceed BONN_MAX_QUEUE .8."):
+        st.load_settings()
+    monkeypatch.setenv("BONN_MAX_IMAGES", "8")
+    assert st.load_settings().max_images == 8
+
+
 def test_model_list_parsing(cpus, monkeypatch):
     cpus(2)
     monkeypatch.setenv("BONN_MODELS", " bonn-a , fp-a:v1,, ")
