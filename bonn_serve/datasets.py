@@ -23,11 +23,19 @@ class DatasetError(ValueError):
     """The data directory does not hold a readable CIFAR-10 split."""
 
 
-def detect_layout(data_dir: Path) -> str:
-    if (data_dir / "cifar10_train.npz").exists() or (data_dir / "cifar10_test.npz").exists():
+def detect_layout(data_dir: Path, split: str | None = None) -> str:
+    """The layout that holds `split` (either split if None): its npz file, else its python batches. The
+    mini file only when the directory has neither layout at all, so a full split is never mixed with it.
+    Per split, because a directory may hold the test split as npz and the training split as batches."""
+    npz = {s: [data_dir / f"cifar10_{s}.npz"] for s in SPLITS}
+    batches = {"train": [data_dir / f"data_batch_{i}" for i in range(1, 6)], "test": [data_dir / "test_batch"]}
+    wanted = [split] if split else list(SPLITS)
+    if any(p.exists() for s in wanted for p in npz[s]):
         return "npz"
-    if (data_dir / "data_batch_1").exists() or (data_dir / "test_batch").exists():
-        return "batches"
+    if any(p.exists() for s in wanted for p in batches[s]):
+        return "batches"  # the batch reader names any batch file that is missing
+    if any(p.exists() for ps in [*npz.values(), *batches.values()] for p in ps):
+        return "npz"  # this split is missing altogether: the npz reader names the file it expected
     if (data_dir / "cifar10_mini.npz").exists():
         return "mini"
     raise DatasetError(f"{data_dir}: no cifar10_{{train,test}}.npz, cifar10_mini.npz "
@@ -37,7 +45,13 @@ def detect_layout(data_dir: Path) -> str:
 def _check(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
         raise DatasetError(f"{where}: expected uint8 images (N,32,32,3), got {x.dtype} {x.shape}")
-    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if x.shape[0] == 0:
+        raise DatasetError(f"{where}: no images")
+    y = np.asarray(y).reshape(-1)
+    if y.size and not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                              and np.all(y == np.round(y)))):
+        raise DatasetError(f"{where}: labels must be whole numbers, got {y.dtype}")
+    y = y.astype(np.int64)
     if y.shape[0] != x.shape[0]:
         raise DatasetError(f"{where}: {x.shape[0]} images but {y.shape[0]} labels")
     if y.size and (y.min() < 0 or y.max() > 9):
@@ -52,7 +66,11 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         d = pickle.load(f, encoding="bytes")  # trusted, user-provided CIFAR-10 release (module docstring)
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise DatasetError(f"{path}: not a CIFAR-10 python batch (no data/labels)")
-    x = np.asarray(d[b"data"], dtype=np.uint8)
+    x = np.asarray(d[b"data"])
+    if x.dtype != np.uint8:  # a cast would wrap 300 to 44 and floats in [0, 1] to 0 without a word
+        if not np.issubdtype(x.dtype, np.integer) or x.size and (x.min() < 0 or x.max() > 255):
+            raise DatasetError(f"{path}: data must be uint8 pixels 0..255, got {x.dtype}")
+        x = x.astype(np.uint8)
     if x.ndim != 2 or x.shape[1] != 3072:
         raise DatasetError(f"{path}: data has shape {x.shape}, expected (N, 3072)")
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(d[b"labels"])
@@ -68,7 +86,7 @@ def load_cifar10(data_dir: str | Path, split: str, layout: str = "auto") -> tupl
     if not data_dir.is_dir():
         raise DatasetError(f"data directory {data_dir} does not exist")
     if layout == "auto":
-        layout = detect_layout(data_dir)
+        layout = detect_layout(data_dir, split)
     where = f"{data_dir} ({layout}, {split})"
     try:
         if layout == "npz":
@@ -88,7 +106,7 @@ def load_cifar10(data_dir: str | Path, split: str, layout: str = "auto") -> tupl
         return _check(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), where)
     except DatasetError:
         raise
-    except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
+    except (OSError, KeyError, ValueError, TypeError, OverflowError, EOFError, pickle.UnpicklingError) as e:
         raise DatasetError(f"{where}: cannot read: {e}") from e
 
 

@@ -32,15 +32,21 @@ def _mini_dir(tmp_path: Path) -> Path:
     return d
 
 
-def test_normalize_matches_torch_pipeline():
+def test_normalize_matches_the_training_pipeline_bit_for_bit():
+    """Every pixel value in every channel: what training evaluates on is exactly what the engine gets, as
+    written into the .bonn header (so the logged PyTorch accuracy and the engine's see the same inputs)."""
+    from bonn_serve.preprocess import preprocess
     from training.data import Normalizer
+    from training.export import input_spec_header
     from training.models import CIFAR10_INPUT
 
-    x, _ = load_cifar10(DATA, "test", "mini")
-    x = x[:8]
-    ours = normalize(x, 1 / 255, CIFAR10_INPUT.mean, CIFAR10_INPUT.std)
+    x = np.repeat(np.arange(256, dtype=np.uint8), 4).reshape(1, 32, 32, 1).repeat(3, axis=3)
+    x[..., 1] = x[..., 1][:, ::-1]  # other values side by side in the other channels
+    spec = input_spec_header(CIFAR10_INPUT)
+    ours = normalize(x, spec["scale"], spec["mean"], spec["std"])
     ref = Normalizer(CIFAR10_INPUT.mean, CIFAR10_INPUT.std)(torch.from_numpy(x).permute(0, 3, 1, 2))
-    np.testing.assert_allclose(ours, ref.numpy(), atol=2e-6)
+    np.testing.assert_array_equal(ours, ref.numpy())
+    np.testing.assert_array_equal(preprocess(x[0], spec), ours)  # the service's path too
 
 
 @pytest.mark.skipif(not _engine_available(), reason="bonn_serve._engine not built")

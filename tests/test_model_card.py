@@ -146,3 +146,21 @@ def test_card_states_a_step_schedule(tmp_path):
     md = render_md(card)
     assert "x0.2 after epochs 1, 3," in md and "cosine" not in md and "last 25% of the run" in md
 
+
+
+@pytest.mark.parametrize("edit, words", [({"split": "train"}, "the train split"),
+                                         ({"subset": "class-balanced", "n": 500}, "a 500-image subset")])
+def test_card_takes_its_accuracy_only_from_the_whole_test_split(tmp_path, edit, words):
+    """A card headlines *test* accuracy: an evaluation of the training split or a --limit subset cannot be it."""
+    run, model, ev = _fake_run(tmp_path, [1e-3, 0.0], [False, True])
+    ev.write_text(json.dumps({**json.loads(ev.read_text()), **edit}))
+    with pytest.raises(SystemExit, match=words):
+        build_card(run, model, ev)
+
+
+def test_card_counts_the_training_images_after_the_hold_out(tmp_path):
+    run, model, ev = _fake_run(tmp_path, [1e-3, 0.0], [False, True], val_size=5000)
+    ev.write_text(json.dumps({**json.loads(ev.read_text()), "data_dir": "/data/cifar-10-batches-py"}))
+    card = build_card(run, model, ev)
+    assert card["data"]["train_images"] == 45000
+    assert card["data"]["source"] == "/data/cifar-10-batches-py" and "note" not in card["data"]

@@ -80,6 +80,48 @@ def test_python_batches_layout(tmp_path):
         load_cifar10(tmp_path, "train")
 
 
+def _write_batch(path: Path, data, labels) -> None:
+    with open(path, "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f)
+
+
+def test_python_batches_with_bad_values_are_refused_not_wrapped(tmp_path):
+    """A cast to uint8 would turn 300 into 44 and floats in [0, 1] into 0 without a word."""
+    ok = np.zeros((2, 3072), np.uint8)
+    for data, labels, words in ((ok.astype(np.int64) + 300, [0, 1], "uint8 pixels"),
+                                (ok.astype(np.float32) + 0.5, [0, 1], "uint8 pixels"),
+                                ([[300] * 3072] * 2, [0, 1], "uint8 pixels"),
+                                (ok, [0.0, 2.7], "whole numbers"),
+                                (ok, [0, 10], "labels outside")):
+        _write_batch(tmp_path / "test_batch", data, labels)
+        with pytest.raises(DatasetError, match=words):
+            load_cifar10(tmp_path, "test")
+    _write_batch(tmp_path / "test_batch", ok.astype(np.int64) + 255, [0.0, 3.0])  # in range: fine
+    x, y = load_cifar10(tmp_path, "test")
+    assert x.dtype == np.uint8 and int(x.max()) == 255 and y.tolist() == [0, 3]
+    _write_batch(tmp_path / "test_batch", np.zeros((0, 3072), np.uint8), [])
+    with pytest.raises(DatasetError, match="no images"):
+        load_cifar10(tmp_path, "test")
+
+
+def test_layout_is_detected_per_split(tmp_path):
+    """The test split as npz and the training split as python batches, in one directory."""
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cifar10_test.npz", x=rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
+             y=np.array([1, 2, 3], np.uint8))
+    for i in range(1, 6):
+        _write_batch(tmp_path / f"data_batch_{i}", rng.integers(0, 256, (2, 3072), dtype=np.uint8), [4, 5])
+    assert load_cifar10(tmp_path, "test")[0].shape == (3, 32, 32, 3)
+    assert load_cifar10(tmp_path, "train")[1].tolist() == [4, 5] * 5
+    (tmp_path / "data_batch_1").rename(tmp_path / "elsewhere")
+    with pytest.raises(DatasetError, match="data_batch_1"):  # names the missing file
+        load_cifar10(tmp_path, "train")
+    for i in range(2, 6):
+        (tmp_path / f"data_batch_{i}").unlink()
+    with pytest.raises(DatasetError, match="cifar10_train.npz"):  # no training split at all: never mini
+        load_cifar10(tmp_path, "train")
+
+
 def test_bad_data_dir_gives_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="no cifar10"):
         load_cifar10(tmp_path, "train")

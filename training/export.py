@@ -20,7 +20,7 @@ from bonn_serve import __version__
 from bonn_serve.format import pack_sign_bits, write_bonn
 
 from .binarize import BinaryConv2d
-from .models import ARCHS, CIFAR10_CLASSES, BonnBlock, BonnNet
+from .models import ARCHS, CIFAR10_CLASSES, BonnBlock, BonnNet, InputSpec
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -118,6 +118,13 @@ def default_classes(arch: str, num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
+def input_spec_header(spec: InputSpec) -> dict[str, Any]:
+    """The `.bonn` header's preprocessing (docs/format.md 2), which the engine's users and evaluation follow."""
+    return {"layout": "NCHW", "channels": 3, "height": spec.size, "width": spec.size, "color": "RGB",
+            "resize": spec.resize, "crop": spec.size, "scale": 1.0 / 255.0,
+            "mean": list(spec.mean), "std": list(spec.std)}
+
+
 def export_bonn(model: BonnNet, path: str | Path, arch: str, provenance: dict | None = None,
                 classes: list[str] | None = None, name: str | None = None) -> str:
     """Pack a binary model into a .bonn file. Returns the file's sha256."""
@@ -134,9 +141,7 @@ def export_bonn(model: BonnNet, path: str | Path, arch: str, provenance: dict | 
     header = {
         "model": {"name": name or f"bonn-{arch}", "arch": arch, "task": "image-classification",
                   "provenance": prov},
-        "input": {"layout": "NCHW", "channels": 3, "height": spec.size, "width": spec.size, "color": "RGB",
-                  "resize": spec.resize, "crop": spec.size, "scale": 1.0 / 255.0,
-                  "mean": list(spec.mean), "std": list(spec.std)},
+        "input": input_spec_header(spec),
         "classes": classes,
         "graph": {"input": "input", "output": "logits", "ops": g.ops},
     }

@@ -63,6 +63,10 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
     ev = json.loads(eval_json.read_text())
     if ev["sha256"] != _sha256(model):
         raise SystemExit(f"{eval_json} was measured on a different file than {model}")
+    # the card states *test* accuracy: only a measurement on the whole test split may supply it
+    if ev.get("split") != "test" or "subset" in ev:
+        what = f"the {ev.get('split')} split" if ev.get("split") != "test" else f"a {ev['n']}-image subset"
+        raise SystemExit(f"{eval_json} measured {what}; a card needs `bonn-serve eval --split test` without --limit")
     last = epochs[-1]
     if remote_epochs is None and trained_on == CPU_HOST:  # logs since session 8 name each epoch's device
         remote_epochs = [r["epoch"] for r in epochs if r.get("device") == "cuda"]
@@ -80,9 +84,12 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
         "binary": cfg["binary"],
         "method": {"bonn": "BONN (Bayesian kernel + feature losses)", "binary": "binary, lambda = theta = 0",
                    "fp": "full precision"}[kind],
-        "data": {"dataset": "CIFAR-10", "train_images": 50000 if cfg.get("limit_train") is None
-                 else cfg["limit_train"], "test_images": ev["n"], "split_evaluated": ev["split"],
-                 "source": "/work/shared/data/cifar10 (JPEG q75 re-encoded copy, see its manifest.json)"},
+        "data": {"dataset": "CIFAR-10",
+                 # images the net trained on: a val_size hold-out is taken from them (docs/method.md 12)
+                 "train_images": (50000 if cfg.get("limit_train") is None else cfg["limit_train"])
+                 - int(cfg.get("val_size") or 0),
+                 "test_images": ev["n"], "split_evaluated": ev["split"],
+                 "source": ev.get("data_dir") or "/work/shared/data/cifar10", **_data_note(ev.get("data_dir"))},
         "training": {"epochs": last["epoch"], "steps": last["step"], "config": cfg, "trained_on": trained_on,
                      # epochs at which the cosine reached 0: more than one means the run was continued with
                      # `--resume --epochs N`, which re-enters a longer cosine (docs/method.md)
@@ -103,6 +110,16 @@ def build_card(run: Path, model: Path, eval_json: Path, trained_on: str = CPU_HO
         "paper_cifar10_top1_200_epochs": PAPER.get(cfg["arch"], {}).get(kind),
         "latent_weight_bimodality_bc": last.get("bc_mean"),
     }
+
+
+def _data_note(data_dir: str | None) -> dict[str, str]:
+    """Say so when the evaluated copy is the JPEG re-encoded one (its manifest.json says), not the original."""
+    manifest = Path(data_dir or "/work/shared/data/cifar10") / "manifest.json"
+    try:
+        jpeg = "jpeg" in manifest.read_text().lower()
+    except OSError:
+        return {}
+    return {"note": "the JPEG q75 re-encoded copy of CIFAR-10 (see its manifest.json)"} if jpeg else {}
 
 
 def lr_segments(epochs: list[dict[str, Any]], lr: float) -> list[dict[str, int]]:
