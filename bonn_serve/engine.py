@@ -121,6 +121,8 @@ class Engine:
             raise ValueError(f"input has {x.shape[1]} channels, the model expects {c} (shape [N, {c}, H, W])")
         if min(x.shape) < 1:
             raise ValueError(f"input shape {x.shape} has an empty dimension")
+        if not np.isfinite(x).all():  # NaN has no sign to binarize; preprocessed images never hold one
+            raise ValueError("input contains NaN or infinity")
         return np.ascontiguousarray(x)
 
     def preprocess(self, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:

@@ -123,6 +123,27 @@ def test_popcount_env_override_in_subprocess(exported):
         assert out.stdout.strip() == path
 
 
+def test_a_forced_path_packs_with_that_path_whatever_the_environment(exported, monkeypatch):
+    """A model built for one popcount path also packs activations with it: BONN_POPCOUNT naming a path this
+    CPU lacks (or another path) must not reach into a model that was told which path to use."""
+    exp = exported("wrn22-16")
+    x = np.random.default_rng(9).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    want = {p: Engine.load(exp.bonn, threads=1, popcount=p).predict(x) for p in PATHS}
+    monkeypatch.setenv("BONN_POPCOUNT", "neon" if "neon" not in PATHS else "avx512")
+    for p in PATHS:
+        np.testing.assert_array_equal(Engine.load(exp.bonn, threads=1, popcount=p).predict(x), want[p])
+
+
+def test_non_finite_input_is_refused(exported):
+    """NaN has no sign: the engine would binarize it as +1 where PyTorch's sign gives -1. Refuse it."""
+    eng = Engine.load(exported("wrn22-16").bonn, threads=1)
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros((2, 3, 32, 32), np.float32)
+        x[1, 2, 5, 7] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            eng.predict(x)
+
+
 def test_classify_and_info(exported):
     exp = exported("wrn22-16")
     eng = Engine.load(exp.bonn, threads=1)

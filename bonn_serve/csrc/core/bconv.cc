@@ -103,7 +103,7 @@ BinaryConv2d::BinaryConv2d(const uint64_t* weight_bits, int Co, int K, int Ci, i
     throw std::invalid_argument("BinaryConv2d: need Co, K, Ci, stride > 0 and pad >= 0 (got Co=" +
                                 std::to_string(Co) + " K=" + std::to_string(K) + " Ci=" + std::to_string(Ci) +
                                 " stride=" + std::to_string(stride) + " pad=" + std::to_string(pad) + ")");
-  if (static_cast<int64_t>(K) * K * Ci > (int64_t{1} << 30))
+  if (static_cast<int64_t>(K) * K * Ci >= (int64_t{1} << 30))  // kkc - 2 * pc stays in int
     throw std::invalid_argument("BinaryConv2d: K*K*Ci too large (" + std::to_string(int64_t(K) * K * Ci) + ")");
   // The layout requires zero tail bits; the kernels rely on it (narrow-input mode shares words between taps).
   if (Ci % 64 != 0) {
@@ -153,10 +153,17 @@ void BinaryConv2d::run(const uint64_t* in, int N, int H, int W, const OutputTran
 
 void pack_bn_sign(const float* x, int64_t npix, int C, const float* scale, const float* shift, uint64_t* out,
                   ThreadPool& pool) {
+  pack_bn_sign(x, npix, C, scale, shift, out, pool, select_path());
+}
+
+void pack_bn_sign(const float* x, int64_t npix, int C, const float* scale, const float* shift, uint64_t* out,
+                  ThreadPool& pool, PopcountPath path) {
   if (npix < 0 || C <= 0) throw std::invalid_argument("pack_bn_sign: need npix >= 0 and C > 0");
   if (npix == 0) return;
   if (!x || !scale || !shift || !out) throw std::invalid_argument("pack_bn_sign: null pointer");
-  PackRowsFn fn = pack_rows_for(select_path());
+  if (!path_supported(path)) throw std::invalid_argument(std::string("pack_bn_sign: path ") + path_name(path) +
+                                                         " is not supported on this CPU");
+  PackRowsFn fn = pack_rows_for(path);
   // ~32K floats per chunk: below that the dispatch costs more than it saves.
   const int64_t grain = std::max<int64_t>(1, 32768 / C);
   struct Args {

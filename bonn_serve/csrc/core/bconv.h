@@ -67,8 +67,12 @@ class BinaryConv2d {
 
 // Binarize float NHWC [npix, C] through a per-channel affine (inference BN) and pack:
 //   bit = (x * scale[c] + shift[c]) < 0.   out: [npix, ceil(C/64)]
+// `path`: the row packer's instruction set (a model passes its own, so a forced path packs with that path
+// and BONN_POPCOUNT is read once, not per layer); the default is select_path().
 void pack_bn_sign(const float* x, int64_t npix, int C, const float* scale, const float* shift,
                   uint64_t* out, ThreadPool& pool);
+void pack_bn_sign(const float* x, int64_t npix, int C, const float* scale, const float* shift,
+                  uint64_t* out, ThreadPool& pool, PopcountPath path);
 
 // Plain reference conv on packed data (no tricks): used by tests.
 void binary_conv2d_reference(const uint64_t* in, const uint64_t* weight_bits, const ConvShape& s,

@@ -27,7 +27,9 @@ bool cpu_has(FloatIsa isa) {
     case FloatIsa::kAVX2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case FloatIsa::kAVX512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+      // what fconv_avx512/fops_avx512 are compiled with (-mavx512f/bw/vl/dq): AVX512F alone is not enough
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
 #endif
     default:
       return false;

@@ -494,7 +494,8 @@ void Model::run(const float* x, int N, int H, int W, float* out, std::vector<dou
       case OpKind::kBinaryConv: {
         uint64_t* bits = P.u(P.packed_off[i]);
         if (!n.packed_by_producer)
-          pack_bn_sign(in, int64_t(N) * xs.H * xs.W, n.Ci, n.scale.data(), n.shift.data(), bits, pool);
+          pack_bn_sign(in, int64_t(N) * xs.H * xs.W, n.Ci, n.scale.data(), n.shift.data(), bits, pool,
+                       popcount_path_);
         OutputTransform ot;
         ot.alpha = n.alpha;
         ot.prelu = n.prelu.empty() ? nullptr : n.prelu.data();

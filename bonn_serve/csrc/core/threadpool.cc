@@ -138,6 +138,10 @@ ThreadPool::~ThreadPool() {
   delete impl_;
 }
 
+namespace {
+thread_local const ThreadPool* tl_job_owner = nullptr;  // the pool whose job this thread is running, if any
+}  // namespace
+
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
@@ -149,13 +153,23 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     return;
   }
   Impl& s = *impl_;
-  // One job at a time. A concurrent call from another thread, or a nested call from inside fn, runs serially
-  // on its own thread instead of corrupting the job in flight (or deadlocking).
+  // One job at a time. A nested call from inside fn, or a concurrent call from another thread, runs serially
+  // on its own thread instead of corrupting the job in flight (or deadlocking). A nested call on the thread
+  // that holds `busy` must not try_lock it again (undefined for std::mutex): the thread-local flag catches it.
+  if (tl_job_owner == this) {
+    fn(0, n);
+    return;
+  }
   std::unique_lock<std::mutex> busy(s.busy, std::try_to_lock);
   if (!busy.owns_lock()) {
     fn(0, n);
     return;
   }
+  struct Owner {  // this thread runs a job of this pool until the end of the call, exceptions included
+    const ThreadPool* prev = tl_job_owner;  // a job of another pool this one was called from
+    explicit Owner(const ThreadPool* p) { tl_job_owner = p; }
+    ~Owner() { tl_job_owner = prev; }
+  } owner(this);
   s.fn = &fn;
   s.n = n;
   s.err = nullptr;

@@ -62,6 +62,11 @@ TEST_CASE(pack_bn_sign_matches_plain_loop) {
       pack_bn_sign(x.data(), npix, C, sc.data(), sh.data(), got.data(), pool);
       CHECK(got == expect);
       CHECK(tail_bits_zero(got, C));
+      for (PopcountPath p : supported_paths()) {  // a model's own path, as the graph passes it
+        std::vector<uint64_t> mine(size_t(npix) * Cw, ~uint64_t{0});
+        pack_bn_sign(x.data(), npix, C, sc.data(), sh.data(), mine.data(), pool, p);
+        CHECK(mine == expect);
+      }
     }
   }
 }
@@ -75,4 +80,9 @@ TEST_CASE(pack_bn_sign_rejects_bad_arguments) {
   CHECK_THROWS(pack_bn_sign(nullptr, 1, 4, s, h, out, pool));
   CHECK_THROWS(pack_bn_sign(x, 1, 4, s, h, nullptr, pool));
   pack_bn_sign(x, 0, 4, s, h, out, pool);  // empty is fine
+#if defined(__x86_64__)
+  CHECK_THROWS(pack_bn_sign(x, 1, 4, s, h, out, pool, PopcountPath::kNEON));  // not this CPU's
+#else
+  CHECK_THROWS(pack_bn_sign(x, 1, 4, s, h, out, pool, PopcountPath::kAVX512));
+#endif
 }
