@@ -54,15 +54,35 @@ def test_cli_prints_one_table_and_refuses_different_images(tmp_path, capsys):
     assert "not a `bonn-serve eval --predictions` file" in capsys.readouterr().err
 
 
-def test_pooled_sums_the_discordant_counts_of_several_pairs():
+def test_pooled_over_the_same_images_is_clustered_by_image():
+    """Two pairs on the same 10 images whose effect recurs on the same images: the pooled interval is the one
+    of the per-image mean difference (std / sqrt(n), computed independently here), wider than treating the
+    pairs as 20 independent images would make it."""
+    labels = np.arange(10) % 10
+    wrong_first3 = np.where(np.arange(10) < 3, (labels + 1) % 10, labels)
+    r1 = compare(labels, wrong_first3, labels)  # A only right on images 0-2
+    r2 = compare(labels, np.where(np.arange(10) < 2, (labels + 1) % 10, labels), labels)  # on 0-1 again
+    r = pooled([r1, r2])
+    assert (r["n"], r["a_only"], r["b_only"], r["method"]) == (20, 5, 0, "by image")
+    per_image = (r1["d"] + r2["d"]) / 2
+    se = per_image.std() / np.sqrt(per_image.size)
+    assert r["diff"] == pytest.approx(per_image.mean()) == pytest.approx(5 / 20)
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(0.25 - 1.96 * se), pytest.approx(0.25 + 1.96 * se))
+    independent_se = np.sqrt(5 - 25 / 20) / 20
+    assert se > independent_se  # the recurring effect counted once per image, not twice
+    assert r["p"] == pytest.approx(math.erfc(0.25 / se / math.sqrt(2)))
+    assert r["acc_a"] == pytest.approx(1.0) and r["acc_b"] == pytest.approx(15 / 20)
+    assert pooled([r1]) == r1  # one pair pools to itself, exact McNemar p and all
+
+
+def test_pooled_over_different_images_sums_the_discordant_counts():
     labels = np.arange(10) % 10
     r1 = compare(labels, np.where(np.arange(10) < 3, (labels + 1) % 10, labels), labels)  # A only: 3
-    r2 = compare(np.where(np.arange(10) < 1, (labels + 1) % 10, labels), labels, labels)  # B only: 1
+    other = (np.arange(10) + 3) % 10  # another image set
+    r2 = compare(np.where(np.arange(10) < 1, (other + 1) % 10, other), other, other)  # B only: 1
     r = pooled([r1, r2])
-    assert (r["n"], r["a_only"], r["b_only"]) == (20, 3, 1)
-    assert r["acc_a"] == pytest.approx(19 / 20) and r["acc_b"] == pytest.approx(17 / 20)
+    assert (r["n"], r["a_only"], r["b_only"]) == (20, 3, 1) and r["method"].startswith("independent")
     assert r["diff"] == pytest.approx(2 / 20) and r["p"] == mcnemar_exact_p(3, 1)
-    assert pooled([r1]) == r1  # one pair pools to itself
 
 
 def test_cli_pools_pairs_and_refuses_an_odd_file_count(tmp_path, capsys):
@@ -75,7 +95,7 @@ def test_cli_pools_pairs_and_refuses_an_odd_file_count(tmp_path, capsys):
     assert main(files) == 0
     rows = capsys.readouterr().out.splitlines()
     assert len(rows) == 5 and rows[2].startswith("| a1 vs b1 |") and rows[3].startswith("| a2 vs b2 |")
-    assert rows[4].startswith("| pooled (2 pairs) | 200 | 98.00 | 95.00 | +3.00") and "| 10 | 4 |" in rows[4]
+    assert rows[4].startswith("| pooled (2 pairs, by image) | 200 | 98.00 | 95.00 | +3.00") and "| 10 | 4 |" in rows[4]
     with pytest.raises(SystemExit) as e:
         main(files[:3])
     assert e.value.code == 2 and "in pairs" in capsys.readouterr().err

@@ -1,8 +1,14 @@
 """Two models on the same test images, compared image by image: `python -m training.paired A.npz B.npz`.
 
 Several pairs (`A1 B1 A2 B2 ...`, e.g. one pair per seed or per starting point) print one row each and a pooled
-row: the discordant counts summed over the pairs, then the same test. Pooling treats the pairs' images as
-independent draws although every pair reuses the same test images, so its p is a little optimistic.
+row: the mean of the pairs' differences. Every pair reuses the same test images, so they are not independent
+draws: an image that favours A in one pair tends to favour it in the others. The pooled interval therefore
+comes from each image's summed difference D_i = sum_j (A_j right - B_j right) over the J pairs:
+diff = sum D / (J n), se = sqrt(sum (D_i - mean D)^2) / (J n), and its p from the normal test diff / se (with
+one pair this is exactly the single pair's interval). Summing the discordant counts as if the pairs covered
+J n different images (what this tool did before session 15) leaves out the cross-pair terms and gives too
+narrow an interval when an effect recurs on the same images. Pairs on different image sets are pooled that way,
+as independent, and say so.
 
 The inputs are `bonn-serve eval M --predictions M.npz` files. "BONN beats (b)" at one epoch is a difference of
 two accuracies measured on the same 10,000 images, so the images both get right or both get wrong say nothing
@@ -18,6 +24,7 @@ import argparse
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,23 +55,40 @@ def _summary(n: int, b: int, c: int, acc_a: float, acc_b: float) -> dict[str, fl
             "diff": diff, "ci_low": diff - 1.96 * se, "ci_high": diff + 1.96 * se, "p": mcnemar_exact_p(b, c)}
 
 
-def compare(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracies, the discordant counts, the paired difference with its 95 % interval, and McNemar's p."""
+def compare(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Accuracies, the discordant counts, the paired difference with its 95 % interval, and McNemar's p.
+    Also the per-image difference (`d`: +1 only A right, -1 only B right) and the images (`labels`) for pooling."""
     if not (pred_a.shape == pred_b.shape == labels.shape) or labels.ndim != 1 or labels.size == 0:
         raise ValueError("both prediction files must cover the same, non-empty list of images")
     right_a, right_b = pred_a == labels, pred_b == labels
-    return _summary(labels.size, int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b)),
-                    float(right_a.mean()), float(right_b.mean()))
+    row: dict[str, Any] = _summary(labels.size, int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b)),
+                                   float(right_a.mean()), float(right_b.mean()))
+    row["d"] = right_a.astype(np.int64) - right_b.astype(np.int64)
+    row["labels"] = labels
+    return row
 
 
-def pooled(rows: list[dict[str, float]]) -> dict[str, float]:
-    """One comparison over several pairs: discordant counts summed, accuracies over all pairs' images."""
+def pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One comparison over several pairs (module docstring): on the same images, clustered by image; on
+    different image sets, as independent images (discordant counts summed)."""
+    if len(rows) == 1:
+        return rows[0]
     n = sum(r["n"] for r in rows)
-    return _summary(n, sum(r["a_only"] for r in rows), sum(r["b_only"] for r in rows),
-                    sum(r["acc_a"] * r["n"] for r in rows) / n, sum(r["acc_b"] * r["n"] for r in rows) / n)
+    out = _summary(n, sum(r["a_only"] for r in rows), sum(r["b_only"] for r in rows),
+                   sum(r["acc_a"] * r["n"] for r in rows) / n, sum(r["acc_b"] * r["n"] for r in rows) / n)
+    same = all("d" in r and np.array_equal(r["labels"], rows[0]["labels"]) for r in rows)
+    out["method"] = "by image" if same else "independent (different image sets)"
+    if same:
+        total = np.sum([r["d"] for r in rows], axis=0)  # D_i: image i's summed difference over the pairs
+        j, m = len(rows), total.size
+        diff = float(total.sum()) / (j * m)
+        se = float(np.sqrt(np.sum((total - total.mean()) ** 2))) / (j * m)
+        out.update(diff=diff, ci_low=diff - 1.96 * se, ci_high=diff + 1.96 * se,
+                   p=1.0 if se == 0 else math.erfc(abs(diff) / se / math.sqrt(2)))
+    return out
 
 
-def compare_files(path_a: Path, path_b: Path) -> dict[str, float]:
+def compare_files(path_a: Path, path_b: Path) -> dict[str, Any]:
     pred_a, labels, split_a = load_predictions(path_a)
     pred_b, labels_b, split_b = load_predictions(path_b)
     if split_a != split_b or not np.array_equal(labels, labels_b):
@@ -97,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     for (a_path, b_path), r in zip(pairs, rows):
         print(_table_row(f"{a_path.stem} vs {b_path.stem}", r))
     if len(rows) > 1:
-        print(_table_row(f"pooled ({len(rows)} pairs)", pooled(rows)))
+        pool = pooled(rows)
+        print(_table_row(f"pooled ({len(rows)} pairs, {pool['method']})", pool))
     return 0
 
 
