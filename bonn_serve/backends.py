@@ -67,6 +67,12 @@ def load_model(entry: registry.ModelEntry, threads: int) -> LoadedModel:
     import time
 
     path = registry.verified_path(entry)
+    # The runtime library first (onnxruntime alone is ~30 MiB): the resident memory measured below is what the
+    # model adds, which /compare shows as such, not the cost of importing its backend.
+    if entry.kind == "fp":
+        import onnxruntime  # noqa: F401
+    else:
+        from . import engine  # noqa: F401
     rss0, t0 = process_rss(), time.perf_counter()
     if entry.kind == "bonn":
         predict, extra = load_bonn(path, threads)

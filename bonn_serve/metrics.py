@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# Fine buckets from 0.1 ms to 5 s so percentiles interpolated from them are within a few percent.
+# Fine buckets from 0.1 ms to 5 s (then up to 60 s) so percentiles interpolated from them are within a few percent.
 LATENCY_BUCKETS = (
     0.0001,
     0.0002,
@@ -42,6 +42,9 @@ LATENCY_BUCKETS = (
     1.0,
     2.0,
     5.0,
+    10.0,
+    30.0,  # the client and BentoML time out at 30-60 s: a p99 past 5 s must not read as 5 s
+    60.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 

@@ -154,6 +154,35 @@ def discover_fp_model(models_json: object) -> str | None:
     return None
 
 
+def judge(resp, n_expected: int) -> str:
+    """A response's outcome kind: ok, shed_503/shed_429 (the service asked to retry), or a failure kind."""
+    status = resp.status_code
+    if status == 0:  # requests-level error (connection refused/reset, timeout) wrapped by locust
+        err = str(getattr(resp, "error", "")).lower()
+        return "timeout" if "timed out" in err or "timeout" in err else "connection"
+    if status == 503:  # shed only if the service says so; any other 503 (e.g. BentoML's) is a failure
+        try:
+            overloaded = resp.json().get("error") == "overloaded"
+        except Exception:
+            overloaded = False
+        return "shed_503" if overloaded else "http_5xx"
+    if status == 429:
+        return "shed_429"
+    if status >= 500:
+        return "http_5xx"
+    if status >= 400:
+        return "http_4xx"
+    try:
+        body = resp.json()
+        preds = body["predictions"]
+    except (ValueError, KeyError, TypeError):
+        return "bad_body"
+    # One prediction list per image; a single image may come back unwrapped.
+    if n_expected > 1 and (not isinstance(preds, list) or len(preds) != n_expected):
+        return "bad_body"
+    return "ok"
+
+
 class ClassifyUser(HttpUser):
     wait_time = between(0.0, 0.05)
 
@@ -196,7 +225,7 @@ class ClassifyUser(HttpUser):
                 timeout=self.timeout,
                 catch_response=True,
             ) as resp:
-                kind = self._judge(resp, n_expected)
+                kind = judge(resp, n_expected)
                 if kind in SHED_SUFFIX:
                     resp.request_meta["name"] = name + SHED_SUFFIX[kind]
                     resp.success()
@@ -208,30 +237,6 @@ class ClassifyUser(HttpUser):
         except Exception as e:
             _record(name, "timeout" if "timed out" in str(e).lower() else "connection")
             raise
-
-    @staticmethod
-    def _judge(resp, n_expected: int) -> str:
-        status = resp.status_code
-        if status == 0:  # requests-level error (connection refused/reset, timeout) wrapped by locust
-            err = str(getattr(resp, "error", "")).lower()
-            return "timeout" if "timed out" in err or "timeout" in err else "connection"
-        if status == 503:
-            return "shed_503"
-        if status == 429:
-            return "shed_429"
-        if status >= 500:
-            return "http_5xx"
-        if status >= 400:
-            return "http_4xx"
-        try:
-            body = resp.json()
-            preds = body["predictions"]
-        except (ValueError, KeyError, TypeError):
-            return "bad_body"
-        # One prediction list per image; a single image may come back unwrapped.
-        if n_expected > 1 and (not isinstance(preds, list) or len(preds) != n_expected):
-            return "bad_body"
-        return "ok"
 
     def _pick_route(self) -> tuple[str, str | None]:
         route = self.rng.choice(self.routes)

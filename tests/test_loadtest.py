@@ -157,6 +157,55 @@ def test_locustfile_model_discovery() -> None:
     assert find({"models": [{"name": "bonn-a", "kind": "bonn", "backend": "bonn-xnor"}]}) is None
 
 
+def test_locustfile_counts_only_the_services_own_503_as_shed() -> None:
+    """A 503 is shedding only when the service says `overloaded`; any other 503 is a failure."""
+    src = (REPO / "loadtests" / "locustfile.py").read_text()
+    ns: dict = {}
+    exec(compile(src[src.index("def judge") : src.index("\nclass ClassifyUser")], "locustfile", "exec"), ns)  # noqa: S102
+
+    class Resp:
+        def __init__(self, status: int, body: object) -> None:
+            self.status_code, self._body = status, body
+
+        def json(self):
+            if isinstance(self._body, Exception):
+                raise self._body
+            return self._body
+
+    judge = ns["judge"]
+    assert judge(Resp(503, {"error": "overloaded", "detail": "x"}), 1) == "shed_503"
+    assert judge(Resp(503, {"error": "unavailable"}), 1) == "http_5xx"
+    assert judge(Resp(503, ValueError("not json")), 1) == "http_5xx"
+    assert judge(Resp(200, {"predictions": [[1], [2]]}), 2) == "ok"
+
+
+def test_locust_failures_missing_from_the_outcome_file_still_fail() -> None:
+    """The outcome file explains failures; Locust's own count is the floor (a custom locustfile writes none)."""
+    s = lt.summarize([_entry("bonn small-jpeg", 100, fails=40)], {})
+    assert s["failures"] == 40 and s["failures_by_kind"] == {"unclassified": 40}
+    s = lt.summarize([_entry("bonn small-jpeg", 100, fails=40)], {"bonn small-jpeg": {"ok": 60, "timeout": 40}})
+    assert s["failures"] == 40 and s["failures_by_kind"] == {"timeout": 40}
+
+
+def test_compare_report_survives_a_route_that_answered_nothing(tmp_path: Path) -> None:
+    shed_only = lt.summarize([_entry("fp small-jpeg (503 shed)", 50)], {"fp small-jpeg": {"shed_503": 50}})
+    ok = lt.summarize([_entry("bonn small-jpeg", 100)], {"bonn small-jpeg": {"ok": 100}})
+    rows, ratio = lt.compare_table({"bonn": [ok], "fp": [shed_only]})
+    assert ratio is None
+    md = lt.compare_markdown(rows, ratio)
+    assert "| fp | 1 | 0 | – |" in md
+    lt.compare_chart(rows, ratio, tmp_path / "c.png", "test")
+
+
+def test_compare_refuses_options_it_would_ignore(capsys) -> None:
+    from bonn_serve.cli import main
+
+    for extra in (["--soak"], ["--profile", "ci"], ["--models", "bonn"], ["--rounds", "0"]):
+        assert main(["loadtest", "--compare", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "--compare" in err or "--rounds" in err
+
+
 # ------------------------------------------------------------------------------------------- real run
 needs_torch = pytest.mark.skipif(
     importlib.util.find_spec("torch") is None,

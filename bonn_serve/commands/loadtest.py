@@ -68,6 +68,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from bonn_serve import loadtest as lt
 
+    if args.compare:  # compare mode runs each route alone and gates on failures only: say so, ignore nothing
+        clash = [f for f, on in (("--soak", args.soak), ("--warmup", args.warmup is not None),
+                                 ("--profile", args.profile is not None), ("--models", args.models != "bonn,fp"))
+                 if on]
+        if clash:
+            print(f"bonn-serve loadtest: {', '.join(clash)} cannot be combined with --compare "
+                  "(it loads each route in turn and gates on failures only)", file=sys.stderr)
+            return 2
+        if args.rounds < 1:
+            print("bonn-serve loadtest: --rounds must be >= 1", file=sys.stderr)
+            return 2
     out = args.out or Path("runs/loadtest") / time.strftime("%Y%m%d-%H%M%S")
     env = {}
     for kv in args.server_env:
