@@ -321,7 +321,8 @@ def test_cli_resume_keeps_the_saved_schedule_length_unless_told(tmp_path):
 
 @needs_mini
 @pytest.mark.parametrize("change", [{"lr": 0.05}, {"optimizer": "adam"}, {"nu": 1e-3}, {"lr_milestones": [0.5]},
-                                    {"latent_weight_decay": 5e-4}, {"seed": 1}, {"batch_size": 64}])
+                                    {"latent_weight_decay": 5e-4}, {"seed": 1}, {"batch_size": 64},
+                                    {"limit_test": 32}])
 def test_resume_refuses_other_hyper_parameters(tmp_path, change):
     """`--resume` continues the same run; a changed optimizer, lr, prior or data order would silently make it
     another one (an SGD state loaded into AdamW, a cosine from another lr). Implementation options may change."""
@@ -489,6 +490,51 @@ def test_time_budget_fixes_the_schedule_after_two_epochs(tmp_path, monkeypatch):
     recs = _epoch_records(tmp_path)
     assert [r.get("planned_epochs") for r in recs] == [None, 4, None, None]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]["epochs"] == 4
+
+
+def _fake_clock_epochs(monkeypatch, tr: Trainer, seconds: float) -> None:
+    """Every epoch of `tr` "takes" `seconds` of a fake clock; nothing else advances it."""
+    import training.trainer as tr_mod
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(tr_mod.time, "time", lambda: clock["t"])
+    real_run_epoch = tr.run_epoch
+
+    def timed_epoch(progress=True):
+        clock["t"] += seconds
+        return real_run_epoch(progress)
+
+    tr.run_epoch = timed_epoch
+
+
+@needs_mini
+def test_time_budget_honours_stop_after_and_never_replans_a_resumed_run(tmp_path, monkeypatch):
+    cfg = small_cfg(epochs=50, limit_train=64, feature_fraction=0.5)
+    tr = Trainer(cfg, str(DATA), tmp_path)
+    _fake_clock_epochs(monkeypatch, tr, 10.0)
+    tr.fit(epochs=3, progress=False, time_budget_s=1000.0, plot=False)  # the plan (~100 epochs) must not lift
+    assert tr.epoch == 3 and tr.stopped_early and tr.cfg["epochs"] == 100  # the --stop-after 3
+    again = Trainer(cfg, str(DATA), tmp_path)
+    again.resume(tmp_path / "checkpoint.pt")
+    _fake_clock_epochs(monkeypatch, again, 10.0)
+    again.fit(progress=False, time_budget_s=25.0, plot=False)  # resumed past epoch 2: no new plan
+    assert again.cfg["epochs"] == 100 and again.epoch == 5 and again.stopped_early  # stopped by the budget
+    assert [r.get("planned_epochs") for r in _epoch_records(tmp_path)] == [None, 100, None, None, None]
+
+
+@needs_mini
+def test_only_a_finished_schedule_is_exported(tmp_path):
+    """--stop-after leaves a resumable checkpoint, not a model: its weights are not the annealed ones."""
+    cfg = small_cfg(export=True, limit_train=64)
+    tr = Trainer(cfg, str(DATA), tmp_path)
+    tr.fit(epochs=1, progress=False, plot=False)
+    assert tr.stopped_early and not (tmp_path / "model.bonn").exists()
+    with pytest.raises(ValueError, match="must be >= 1"):
+        tr.fit(epochs=0, progress=False)
+    done = Trainer(cfg, str(DATA), tmp_path)
+    done.resume(tmp_path / "checkpoint.pt")
+    done.fit(progress=False, plot=False)
+    assert not done.stopped_early and (tmp_path / "model.bonn").exists()
 
 
 # ------------------------------------------------------------------------- prior_update: sgd (method §11)

@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["limit_test"] = args.limit_test
     if args.no_export:
         overrides["export"] = False
+    if args.stop_after is not None and args.stop_after < 1:
+        raise SystemExit(f"--stop-after must be >= 1, got {args.stop_after}")
     try:
         cfg = make_config(overrides)
     except ValueError as e:

@@ -8,6 +8,7 @@ exactly the run that was interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -42,7 +43,7 @@ DEFAULTS: dict[str, Any] = dict(
 FEATURE_SOURCES = ("pooled", "logits")
 # What `--resume` refuses to change: the net, the losses, the optimizer and its schedule, the data and its order.
 RESUME_MUST_MATCH = (
-    "arch", "binary", "num_classes", "dropout", "seed", "batch_size", "limit_train", "val_size",
+    "arch", "binary", "num_classes", "dropout", "seed", "batch_size", "limit_train", "limit_test", "val_size",
     "optimizer", "lr", "momentum", "nesterov", "weight_decay", "latent_weight_decay", "slow_lr_scale",
     "lr_schedule", "lr_milestones", "lr_gamma",
     "lam", "nu", "theta", "center_alpha", "feature_fraction", "prior_update", "feature_source",
@@ -418,7 +419,10 @@ class Trainer:
     def save_checkpoint(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
         # CPU tensors: a checkpoint written on a GPU opens with a plain torch.load on any machine
-        torch.save(_to_cpu(self.state_dict()), tmp)
+        with open(tmp, "wb") as f:
+            torch.save(_to_cpu(self.state_dict()), f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it replaces the only other copy (a host crash, not just a kill)
         os.replace(tmp, path)
 
     def resume(self, path: Path, keep_epochs: bool = True) -> None:
@@ -595,12 +599,13 @@ class Trainer:
         split = split or self.test
         self.model.eval()
         correct, loss_sum = 0, 0.0
-        for xb, yb in eval_batches(split, int(self.cfg["eval_batch"])):
-            logits = self.model(self.norm(xb))
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
+        with _full_fp32():  # measured in float32 on every device, as the engine and onnxruntime compute
+            for xb, yb in eval_batches(split, int(self.cfg["eval_batch"])):
+                logits = self.model(self.norm(xb))
+                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+                correct += int((logits.argmax(1) == yb).sum())
         n = len(split)
-        return {f"{prefix}_acc": correct / n, f"{prefix}_loss": loss_sum / n}
+        return {f"{prefix}_acc": correct / n, f"{prefix}_loss": loss_sum / n, f"{prefix}_n": n}
 
     def evaluate_all(self) -> dict[str, float]:
         """Test metrics, and validation metrics when the run holds a validation set out."""
@@ -648,18 +653,28 @@ class Trainer:
         With `time_budget_s`, the schedule is fitted to the budget instead: after the second epoch of this
         call (the first pays for compilation) the cosine length becomes as many epochs as the measured epoch
         time allows, and the loop stops early if an epoch would overrun anyway (the checkpoint resumes)."""
-        epochs = min(int(epochs or self.cfg["epochs"]), int(self.cfg["epochs"]))
+        if epochs is not None and int(epochs) < 1:
+            raise ValueError(f"epochs (--stop-after) must be >= 1, got {epochs}")
+        limit = None if epochs is None else int(epochs)  # --stop-after: stop there, whatever the schedule
+        stop_at = min(limit or int(self.cfg["epochs"]), int(self.cfg["epochs"]))
         t_start = time.time()
-        planned_at = self.epoch + 2
+        # The budget fixes the schedule once, at epoch 2 of the run. A run resumed past that keeps the length it
+        # was planned with (re-planning there would move the lr and the feature loss's start under it) and only
+        # stops early if the budget runs out.
+        plan_at = 2 if time_budget_s is not None and self.epoch < 2 else None
+        if time_budget_s is not None and plan_at is None and self.rank == 0:
+            print(f"--time-budget: resumed at epoch {self.epoch}, past the planning epoch; the schedule keeps its "
+                  f"{self.cfg['epochs']} epochs and the run stops when the budget runs out", flush=True)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
+            _write_atomic(self.out / "config.json", json.dumps(self.cfg, indent=2))
             if self.epoch == 0 and self.step == 0:
                 self.log({"kind": "init", "epoch": 0, **self.evaluate_all(), **self.weight_stats()})
         last: dict[str, Any] = {}
         self.stopped_early = False
+        overhead_s = 0.0  # checkpoint + plot time of the previous epoch: part of what an epoch costs
         with StopRequest() as stop:
-            while self.epoch < epochs:
+            while self.epoch < stop_at:
                 t_epoch = time.time()
                 rec = self.run_epoch(progress)
                 self.epoch += 1
@@ -669,27 +684,33 @@ class Trainer:
                     if self.kernel_loss is not None:
                         last["kernel_value"] = self.kernel_loss.value()
                 if time_budget_s is not None:
-                    per_epoch = time.time() - t_epoch
+                    per_epoch = time.time() - t_epoch + overhead_s
                     left = time_budget_s - (time.time() - t_start)
-                    if self.epoch == planned_at:
-                        epochs = planned_epochs(self.epoch, per_epoch, left, floor=self.epoch)
-                        self.set_epochs(epochs)
-                        last["planned_epochs"] = epochs
+                    if self.epoch == plan_at:
+                        planned = planned_epochs(self.epoch, per_epoch, left, floor=self.epoch)
+                        self.set_epochs(planned)
+                        stop_at = min(planned, limit) if limit else planned
+                        last["planned_epochs"] = planned
                         if self.rank == 0:  # the schedule changed: keep config.json in step with the checkpoint
-                            (self.out / "config.json").write_text(json.dumps(self.cfg, indent=2))
+                            _write_atomic(self.out / "config.json", json.dumps(self.cfg, indent=2))
                     elif left < per_epoch:
-                        epochs = self.epoch  # out of time: stop here, resumable
+                        stop_at = self.epoch  # out of time: stop here, resumable
+                t_after = time.time()
                 if self.rank == 0:
                     self.log(last)
                     self.save_checkpoint(self.out / "checkpoint.pt")
                     if plot:
                         self._plot()
-                if self._any_rank(stop.requested) and self.epoch < epochs:
+                overhead_s = time.time() - t_after
+                if self._any_rank(stop.requested) and self.epoch < stop_at:
                     self.stopped_early = True  # checkpoint written: `--resume` continues from here
                     return last
                 if self.world > 1:
                     dist.barrier()
-        if self.rank == 0 and (self.cfg["export"] if export is None else export):
+        # Only a run that finished its schedule is exported: a `--stop-after` or out-of-budget stop is resumable,
+        # and its weights are not the annealed model.
+        self.stopped_early = self.epoch < int(self.cfg["epochs"])
+        if self.rank == 0 and not self.stopped_early and (self.cfg["export"] if export is None else export):
             self.export()
         return last
 
@@ -731,6 +752,28 @@ class Trainer:
             export_onnx(model, path, arch=self.cfg["arch"])
             print(json.dumps({"exported": str(path), "bytes": path.stat().st_size}), flush=True)
         return path
+
+
+@contextlib.contextmanager
+def _full_fp32():
+    """TF32 off inside (CUDA on Ampere and later uses it for float convs and matmuls by default, a 10-bit
+    mantissa): a GPU's logged test accuracy is then the float32 one. Training itself may keep TF32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader (or a crash) sees the old file or the new one, never half."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _comparable(value: Any) -> Any:
