@@ -30,6 +30,21 @@ def test_info_text(tiny_model, capsys):
     assert "1 thread(s)" in out
 
 
+def test_info_quotes_the_card_only_for_its_own_file(tiny_model, capsys):
+    import hashlib
+
+    card = tiny_model.with_suffix(".card.json")
+    sha = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    card.write_text(json.dumps({"sha256": sha, "accuracy": {"test_top1": 0.8140, "n": 10000,
+                                                            "measured_with": "bonn-serve engine"}}))
+    assert main(["info", str(tiny_model), "--threads", "1"]) == 0
+    assert "test top-1 81.40% on 10000 images (bonn-serve engine)" in capsys.readouterr().out
+    card.write_text(json.dumps({"sha256": "0" * 64, "accuracy": {"test_top1": 0.99}}))  # another file's card
+    assert main(["info", str(tiny_model), "--threads", "1"]) == 0
+    assert "test top-1" not in capsys.readouterr().out
+    card.unlink()
+
+
 def test_info_json(tiny_model, capsys):
     assert main(["info", str(tiny_model), "--json", "--threads", "1"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -49,7 +50,11 @@ def render(info: dict[str, Any]) -> str:
     if acc:
         lines.append("accuracy     " + ", ".join(f"{k} {100 * v:.2f}%" if isinstance(v, (int, float)) else f"{k} {v}"
                                               for k, v in acc.items()))
-    for key in ("created", "exporter", "epochs"):
+    card_acc = (info.get("card") or {}).get("accuracy") or {}
+    if isinstance(card_acc.get("test_top1"), (int, float)):
+        lines.append(f"card         test top-1 {100 * card_acc['test_top1']:.2f}% on {card_acc.get('n', '?')} images "
+                     f"({card_acc.get('measured_with', '?')}), from {info['card']['path']}")
+    for key in ("created", "exporter", "epochs", "epoch"):
         if key in prov:
             lines.append(f"{key:<12} {prov[key]}")
     return "\n".join(lines)
@@ -67,5 +72,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"bonn-serve info: {e}", file=sys.stderr)
         return 1
     info = engine.info
+    from bonn_serve.registry import RegistryError, card_path_for, load_card
+
+    try:  # the model card next to the file, if it describes this very file (its sha256)
+        card = load_card(Path(args.model))
+    except RegistryError:
+        card = {}
+    if card and card.get("sha256") == info["sha256"]:
+        info["card"] = {"path": str(card_path_for(Path(args.model))), "accuracy": card.get("accuracy")}
     print(json.dumps(info, indent=1, default=str) if args.json else render(info))
     return 0
