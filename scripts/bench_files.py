@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=300, help="timed calls per model and batch size")
     p.add_argument("--warmup", type=int, default=10)
     args = p.parse_args(argv)
-    models = {m.name: (load_bonn if m.suffix == ".bonn" else load_onnx)(m, args.threads)[0] for m in args.models}
+    # named by file name; by the path as given when two files share a name (else one would silently replace the other)
+    names = [m.name for m in args.models]
+    keys = [str(m) if names.count(m.name) > 1 else m.name for m in args.models]
+    if len(set(map(str, args.models))) != len(args.models):
+        p.error("a model file is given twice")
+    models = {k: (load_bonn if m.suffix == ".bonn" else load_onnx)(m, args.threads)[0] for k, m in zip(keys, args.models)}
     width = max(map(len, models))
     for batch in (int(b) for b in args.batches.split(",")):
         x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)

@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         overrides["limit_test"] = args.limit_test
     if args.no_export:
         overrides["export"] = False
+    if args.init_from is not None and args.resume:
+        raise SystemExit("--init-from starts a new run from another run's weights; --resume continues this one: "
+                         "give one of them")
     if args.stop_after is not None and args.stop_after < 1:
         raise SystemExit(f"--stop-after must be >= 1, got {args.stop_after}")
     try:
