@@ -67,7 +67,7 @@ def load_model(entry: registry.ModelEntry, threads: int) -> LoadedModel:
     import time
 
     path = registry.verified_path(entry)
-    # The runtime library first (onnxruntime alone is ~30 MiB): the resident memory measured below is what the
+    # The runtime library first (importing onnxruntime is ~20 MiB): the resident memory measured below is what the
     # model adds, which /compare shows as such, not the cost of importing its backend.
     if entry.kind == "fp":
         import onnxruntime  # noqa: F401
