@@ -232,13 +232,17 @@ def start_server(
 
 
 # ------------------------------------------------------------------------------------------------ RSS
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (the arbiter and its workers)."""
+def tree_rss(pid: int, leaves_only: bool = False) -> int:
+    """Resident bytes of a process and all its descendants (the arbiter and its workers). `leaves_only`: only
+    the processes with no children of their own, i.e. the serving workers, so the arbiter's static memory does
+    not dilute their growth (and pages a fork shares are not counted twice)."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root] + root.children(recursive=True)
+        if leaves_only:
+            procs = [p for p in procs if not p.children()] or [root]
     except psutil.NoSuchProcess:
         return 0
     total = 0
@@ -251,7 +255,8 @@ def tree_rss(pid: int) -> int:
 
 
 class RssSampler(threading.Thread):
-    """Samples tree_rss(pid) every `interval` seconds into `samples` [(seconds since start, bytes)]."""
+    """Samples the workers' RSS (tree_rss(pid, leaves_only=True)) every `interval` seconds into `samples`
+    [(seconds since start, bytes)]: the soak gate is about the processes that serve."""
 
     def __init__(self, pid: int, interval: float = 2.0) -> None:
         super().__init__(daemon=True)
@@ -262,7 +267,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         t0 = time.monotonic()
         while not self._stop_event.is_set():
-            self.samples.append((round(time.monotonic() - t0, 2), tree_rss(self.pid)))
+            self.samples.append((round(time.monotonic() - t0, 2), tree_rss(self.pid, leaves_only=True)))
             self._stop_event.wait(self.interval)
 
     def stop(self) -> list[tuple[float, int]]:

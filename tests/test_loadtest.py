@@ -115,6 +115,8 @@ def test_tree_rss_counts_children() -> None:
         import os
 
         assert lt.tree_rss(os.getpid()) >= psutil.Process().memory_info().rss + (40 << 20)
+        leaves = lt.tree_rss(os.getpid(), leaves_only=True)  # the child only: this process has a child
+        assert (40 << 20) <= leaves <= psutil.Process(child.pid).memory_info().rss + (8 << 20)
     finally:
         child.kill()
         child.wait()
