@@ -311,6 +311,7 @@ class LocustConfig:
     fp_model: str | None = None
     locustfile: Path | None = None
     client_timeout_s: float = 30.0
+    think_ms: float = 50.0  # each user waits 0..think_ms between requests (0: closed loop)
 
 
 def run_locust(cfg: LocustConfig, out_dir: Path, prefix: str = "locust") -> dict[str, Any]:
@@ -326,6 +327,7 @@ def run_locust(cfg: LocustConfig, out_dir: Path, prefix: str = "locust") -> dict
             "LOADTEST_MIX": cfg.mix,
             "LOADTEST_OUTCOMES": str(outcomes),
             "LOADTEST_TIMEOUT": str(cfg.client_timeout_s),
+            "LOADTEST_THINK_MS": str(cfg.think_ms),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -382,6 +384,7 @@ def run_locust(cfg: LocustConfig, out_dir: Path, prefix: str = "locust") -> dict
         "duration_s": cfg.duration_s,
         "models": cfg.models,
         "mix": cfg.mix,
+        "think_ms": cfg.think_ms,
         "host": cfg.host,
         "locust_wall_s": round(wall, 1),
     }
@@ -707,7 +710,7 @@ def _compare(cfg: LocustConfig, opts: RunOptions) -> dict[str, Any]:
         rows,
         ratio,
         chart,
-        f"{cfg.users} users, mix={cfg.mix}, {cfg.duration_s} s x {opts.rounds} "
+        f"{cfg.users} users, think 0-{cfg.think_ms:g} ms, mix={cfg.mix}, {cfg.duration_s} s x {opts.rounds} "
         "rounds per route, server and Locust on the same 2 cores",
     )
     broken = [f"{r['route']}: {r['failures']} failures" for r in rows if r["failures"]]

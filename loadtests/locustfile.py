@@ -16,6 +16,8 @@ Configuration (environment variables, so the runner and a human use the same kno
                      synthetic images when absent).
   LOADTEST_OUTCOMES  where to write per-request-name outcome counts (JSON) at the end of the run.
   LOADTEST_TIMEOUT   client timeout in seconds (default 30): a hang shows up as a `timeout` failure.
+  LOADTEST_THINK_MS  each user waits uniformly 0..THINK_MS between requests (default 50; 0: closed loop, the
+                     server's saturation throughput for the given number of users).
 
 A 503 is load shedding, not a failure: it is recorded under "<name> (503 shed)" as a success, so the
 per-route latency stats only contain answered requests, and the outcome file counts it as `shed_503`.
@@ -184,7 +186,7 @@ def judge(resp, n_expected: int) -> str:
 
 
 class ClassifyUser(HttpUser):
-    wait_time = between(0.0, 0.05)
+    wait_time = between(0.0, float(os.environ.get("LOADTEST_THINK_MS", "50")) / 1000.0)
 
     def on_start(self) -> None:
         self.timeout = float(os.environ.get("LOADTEST_TIMEOUT", "30"))

@@ -63,11 +63,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="extra environment for the started server (repeatable)",
     )
     p.add_argument("--client-timeout", type=float, default=30.0, help="per-request client timeout (s)")
+    p.add_argument("--think-ms", type=float, default=50.0,
+                   help="each user waits 0..THINK_MS between requests (0: no wait, saturation throughput)")
 
 
 def run(args: argparse.Namespace) -> int:
     from bonn_serve import loadtest as lt
 
+    if args.think_ms < 0:
+        print("bonn-serve loadtest: --think-ms must be >= 0", file=sys.stderr)
+        return 2
     if args.compare:  # compare mode runs each route alone and gates on failures only: say so, ignore nothing
         clash = [f for f, on in (("--soak", args.soak), ("--warmup", args.warmup is not None),
                                  ("--profile", args.profile is not None), ("--models", args.models != "bonn,fp"))
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             fp_model=args.fp_model,
             locustfile=args.locustfile,
             client_timeout_s=args.client_timeout,
+            think_ms=args.think_ms,
         ),
     )
     try:
