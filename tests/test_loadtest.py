@@ -206,6 +206,7 @@ def test_compare_refuses_options_it_would_ignore(capsys) -> None:
         assert main(["loadtest", "--compare", *extra]) == 2
         err = capsys.readouterr().err
         assert "--compare" in err or "--rounds" in err
+    assert main(["loadtest", "--think-ms", "-1"]) == 2 and "--think-ms" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- real run
