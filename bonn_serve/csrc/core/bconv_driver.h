@@ -20,6 +20,26 @@
 namespace bonn {
 namespace {
 
+// Scratch vectors with an allocator of internal linkage: each ISA's translation unit then instantiates its own
+// std::vector code. With std::allocator the instantiations (resize, _M_default_append) are weak symbols shared
+// by name across the portable, AVX2 and AVX-512 objects, and the linker may keep an AVX-512-compiled copy for
+// the portable path: an illegal instruction on a CPU without AVX-512.
+template <class T>
+struct TuAllocator {
+  using value_type = T;
+  TuAllocator() = default;
+  template <class U>
+  TuAllocator(const TuAllocator<U>&) noexcept {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T))); }
+  void deallocate(T* p, size_t) noexcept { ::operator delete(p); }
+  template <class U>
+  bool operator==(const TuAllocator<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const TuAllocator<U>&) const noexcept { return false; }
+};
+template <class T>
+using Scratch = std::vector<T, TuAllocator<T>>;
+
 struct AlignedWords {
   uint64_t* p = nullptr;
   explicit AlignedWords(size_t n) {
@@ -93,7 +113,7 @@ class TiledConv final : public ConvKernel {
     c.mk_words = lane_bits_ ? steps_ : Cw_;
     // Word offsets of the taps from the window's top-left input pixel, for windows entirely inside the image.
     // Scratch is thread_local and only grows, so steady-state calls do not allocate.
-    static thread_local std::vector<int64_t> tap_off;
+    static thread_local Scratch<int64_t> tap_off;
     tap_off.resize(static_cast<size_t>(c.KK));
     for (int ky = 0; ky < K_; ++ky)
       for (int kx = 0; kx < K_; ++kx) tap_off[ky * K_ + kx] = (static_cast<int64_t>(ky) * s.W + kx) * Cw_;
@@ -120,9 +140,9 @@ class TiledConv final : public ConvKernel {
 
   // Tiles [t0, t1): indirection, micro-kernel per channel block, epilogue per pixel.
   void run_tiles(const RunCtx& c, int64_t t0, int64_t t1) const {
-    static thread_local std::vector<const uint64_t*> ptrs, mk_ptrs;
-    static thread_local std::vector<uint64_t> lanes;
-    static thread_local std::vector<int32_t> pc;
+    static thread_local Scratch<const uint64_t*> ptrs, mk_ptrs;
+    static thread_local Scratch<uint64_t> lanes;
+    static thread_local Scratch<int32_t> pc;
     ptrs.resize(static_cast<size_t>(P) * c.KK);
     mk_ptrs.resize(static_cast<size_t>(P));
     lanes.resize(lane_bits_ ? static_cast<size_t>(P) * steps_ : 0);

@@ -7,8 +7,10 @@ namespace bonn {
 inline int words_for(int channels) { return (channels + 63) / 64; }
 
 // Scalar popcount: the hardware instruction where the target has one, else a SWAR count (x86-64 baseline has no
-// POPCNT, and libgcc's fallback is an out-of-line call).
-inline int popcount64(uint64_t x) {
+// POPCNT, and libgcc's fallback is an out-of-line call). `static`: its body differs between translation units
+// compiled with and without -mpopcnt, so each keeps its own copy (one shared inline symbol would break the ODR
+// and could hand the POPCNT version to the portable path).
+static inline int popcount64(uint64_t x) {
 #if defined(__POPCNT__) || defined(__aarch64__)
   return __builtin_popcountll(x);
 #else
