@@ -95,7 +95,7 @@ class Classifier:
                 loaded.load_seconds,
             )
         self.default_model = self._pick_default(settings.default_model)
-        self._rss_updated = 0.0
+        self._rss_updated = float("-inf")  # never: the first call refreshes
         self.refresh_process_gauges()
 
     def refresh_process_gauges(self) -> None:
