@@ -21,7 +21,7 @@ from typing import Any
 PROJECT_LABEL = "bonn-serve"
 BONN_BACKEND = "bonn-xnor"  # the bit-packed XNOR/popcount engine
 FP_BACKEND = "onnxruntime-fp32"  # the full-precision baseline
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")  # BentoML: ends in a letter or digit too
 VERSION_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 CARD_SUFFIX = ".card.json"
 
@@ -85,7 +85,7 @@ def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise RegistryError(
             f"invalid model name {name!r}: use 1-63 characters from a-z, 0-9, '.', '_', '-' "
-            "starting with a letter or digit"
+            "starting and ending with a letter or digit"
         )
     return name
 
@@ -252,7 +252,12 @@ def _find_same(name: str, sha: str, card_sha: str) -> ModelEntry | None:
     for m in existing:
         md = m.info.metadata
         if md.get("sha256") == sha and md.get("card_sha256") == card_sha:
-            return _entry(m)
+            entry = _entry(m)
+            try:  # a stored copy that was deleted or damaged since is no match: register a fresh version
+                verified_path(entry)
+            except RegistryError:
+                continue
+            return entry
     return None
 
 
@@ -273,6 +278,11 @@ def register_file(
     file+card is already registered under `name`."""
     validate_name(name)
     sha = sha256_file(path)
+    if card.get("sha256") and card["sha256"] != sha:  # a card written for another (older) file of that name
+        raise RegistryError(f"{path}: its model card describes another file (card sha256 {card['sha256'][:12]}..., "
+                            f"file {sha[:12]}...); rebuild the card (python -m training.model_card) or remove it")
+    if metadata.get("bonn_sha256") not in (None, sha):  # the file changed since it was read and validated
+        raise RegistryError(f"{path}: file changed during registration")
     card_sha = hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
     same = _find_same(name, sha, card_sha)
     if same is not None:
@@ -295,6 +305,24 @@ def register_file(
         if sha256_file(dst) != sha:  # the source changed while we copied it
             raise RegistryError(f"{path}: file changed during registration")
     return _entry(bentoml.models.get(f"{name}:{m.tag.version}")), True
+
+
+def _check_onnx_runs(path: Path, spec: dict[str, Any], classes: int) -> None:
+    """Run the FP baseline once in onnxruntime at its input size, so a file it cannot load, or whose output
+    does not have one logit per class, fails at registration rather than in every server worker."""
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        side, channels = int(spec["crop"]), int(spec["channels"])
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, channels, side, side), np.float32)})[0]
+    except Exception as e:  # onnxruntime raises its own exception types; any of them means "cannot serve this"
+        raise RegistryError(f"{path}: onnxruntime cannot run it at 1x{spec.get('channels')}x{spec.get('crop')}x"
+                            f"{spec.get('crop')}: {str(e)[:300]}") from None
+    if out.shape != (1, classes):
+        raise RegistryError(f"{path}: outputs {list(out.shape)} for one image, expected [1, {classes}] (one logit "
+                            "per class)")
 
 
 def _check_engine_builds(path: Path, packed: Any) -> None:
@@ -340,7 +368,12 @@ def register(
         if fp_path.suffix != ".onnx" or not fp_path.is_file():
             raise RegistryError(f"{fp_path}: expected an existing .onnx file for the FP baseline")
         fp_card = load_card(fp_path)
+        if card_path_for(fp_path) is not None and card_path_for(fp_path) == card_path_for(path):
+            fp_card = {}  # X.bonn and X.onnx would share X.card.json: that card describes the BONN, not the FP
         fp_entry_name = validate_name(fp_name or fp_card.get("name") or fp_path.stem)
+        if fp_entry_name == name:
+            raise RegistryError(f"{fp_path}: the FP baseline would be registered under the BONN's own name {name!r}; "
+                                "give it another (--fp-name, or its card's name)")
         fp_acc = card_accuracy(fp_card, dataset)
         fp_labels = {
             "arch": fp_card.get("arch") or arch,
@@ -354,6 +387,7 @@ def register(
             "classes": fp_card.get("classes") or packed.classes,
             "input": fp_card.get("input") or packed.input_spec,
         }
+        _check_onnx_runs(fp_path, fp_md["input"], len(fp_md["classes"]))
         results.append(register_file(fp_path, "fp", fp_card, fp_entry_name, fp_labels, fp_md))
     labels = {
         "arch": arch,

@@ -120,7 +120,33 @@ def test_tampered_file_is_refused_at_load(store, workdir):
         registry.verified_path(registry.get(BONN_NAME))
 
 
-@pytest.mark.parametrize("name", ["", "A", "../x", "a/b", "x" * 64, "-lead", "a b", "a:b", ".hidden", "é"])
+def test_register_again_repairs_a_damaged_store(store, workdir):
+    """The stored copy was deleted: registering the same file again must store a fresh, verifiable version, not
+    point at the broken one (which would leave `serve` failing on every start)."""
+    ((entry, _),) = registry.register(workdir / f"{BONN_NAME}.bonn")
+    entry.path.unlink()
+    ((again, created),) = registry.register(workdir / f"{BONN_NAME}.bonn")
+    assert created and again.version != entry.version
+    assert registry.verified_path(registry.get(BONN_NAME)).is_file()
+
+
+def test_register_refuses_a_stale_card_a_name_clash_and_an_unrunnable_onnx(store, workdir, tmp_path):
+    bonn, fp = workdir / f"{BONN_NAME}.bonn", workdir / f"{FP_NAME}.onnx"
+    card = bonn.with_suffix(".card.json")
+    card.write_text(json.dumps({"name": BONN_NAME, "sha256": "0" * 64}))  # written for another file
+    with pytest.raises(registry.RegistryError, match="describes another file"):
+        registry.register(bonn)
+    card.unlink()
+    with pytest.raises(registry.RegistryError, match="BONN's own name"):
+        registry.register(bonn, fp=fp, fp_name=BONN_NAME)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(registry.RegistryError, match="onnxruntime cannot run it"):
+        registry.register(bonn, fp=empty)
+
+
+@pytest.mark.parametrize("name", ["", "A", "../x", "a/b", "x" * 64, "-lead", "a b", "a:b", ".hidden", "é",
+                                  "trail-", "trail_", "trail."])
 def test_invalid_names_rejected(name):
     with pytest.raises(registry.RegistryError):
         registry.validate_name(name)
