@@ -307,6 +307,17 @@ def register_file(
     return _entry(bentoml.models.get(f"{name}:{m.tag.version}")), True
 
 
+def _check_fp_spec(path: Path, spec: Any, classes: Any) -> None:
+    """The FP card's preprocessing and class names obey the rules a .bonn header does (docs/format.md 2), so
+    /readyz cannot say ready while every /classify of that model fails on a malformed spec."""
+    from .format import BonnFormatError, _check_header_fields
+
+    try:
+        _check_header_fields({"model": {}, "input": spec, "classes": classes})
+    except BonnFormatError as e:
+        raise RegistryError(f"{path}: its card's input spec or classes: {e}") from None
+
+
 def _check_onnx_runs(path: Path, spec: dict[str, Any], classes: int) -> None:
     """Run the FP baseline once in onnxruntime at its input size, so a file it cannot load, or whose output
     does not have one logit per class, fails at registration rather than in every server worker."""
@@ -387,6 +398,7 @@ def register(
             "classes": fp_card.get("classes") or packed.classes,
             "input": fp_card.get("input") or packed.input_spec,
         }
+        _check_fp_spec(fp_path, fp_md["input"], fp_md["classes"])
         _check_onnx_runs(fp_path, fp_md["input"], len(fp_md["classes"]))
         results.append(register_file(fp_path, "fp", fp_card, fp_entry_name, fp_labels, fp_md))
     labels = {

@@ -139,6 +139,11 @@ def test_register_refuses_a_stale_card_a_name_clash_and_an_unrunnable_onnx(store
     card.unlink()
     with pytest.raises(registry.RegistryError, match="BONN's own name"):
         registry.register(bonn, fp=fp, fp_name=BONN_NAME)
+    fp_card = fp.with_suffix(".card.json")
+    fp_card.write_text(json.dumps({"name": FP_NAME, "input": {"channels": 3, "height": 32, "width": 32}}))
+    with pytest.raises(registry.RegistryError, match="input spec or classes"):  # no resize/crop/mean/std
+        registry.register(bonn, fp=fp)
+    fp_card.unlink()
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")
     with pytest.raises(registry.RegistryError, match="onnxruntime cannot run it"):
