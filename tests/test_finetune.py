@@ -156,6 +156,13 @@ def test_cli_init_from(source_run, tmp_path):
     finally:
         moved.rename(source_run)
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    # resumed without --init-from: the record of where the run came from stays; another source is refused
+    assert main(["train", "--config", str(cfg), "--data-dir", str(DATA), "--layout", "mini", "--out", str(out),
+                 "--no-progress", "--resume", "--epochs", "3"]) == 0
+    assert json.loads((out / "config.json").read_text())["init_from"] == str(source_run)
+    with pytest.raises(SystemExit, match="init_from"):
+        main(["train", "--config", str(cfg), "--data-dir", str(DATA), "--layout", "mini", "--out", str(out),
+              "--no-progress", "--init-from", str(tmp_path / "other.pt"), "--resume", "--epochs", "4"])
     with pytest.raises(SystemExit, match="cannot read"):
         main(["train", "--config", str(cfg), "--data-dir", str(DATA), "--layout", "mini",
               "--out", str(tmp_path / "bad"), "--no-progress", "--init-from", str(tmp_path / "missing.pt")])

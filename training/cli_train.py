@@ -80,9 +80,6 @@ def run(args: argparse.Namespace) -> int:
         overrides["limit_test"] = args.limit_test
     if args.no_export:
         overrides["export"] = False
-    if args.init_from is not None and args.resume:
-        raise SystemExit("--init-from starts a new run from another run's weights; --resume continues this one: "
-                         "give one of them")
     if args.stop_after is not None and args.stop_after < 1:
         raise SystemExit(f"--stop-after must be >= 1, got {args.stop_after}")
     try:
@@ -104,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             if not ckpt.exists():
                 raise SystemExit(f"--resume: {ckpt} does not exist")
-            trainer.resume(ckpt, keep_epochs=args.epochs is None)  # the length it was saved with, unless told
+            try:
+                trainer.resume(ckpt, keep_epochs=args.epochs is None)  # the length it was saved with, unless told
+            except ValueError as e:  # another run's checkpoint, or changed hyper-parameters: say which
+                raise SystemExit(f"bonn-serve train --resume: {e}") from None
             print(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}", flush=True)
             if trainer.epoch >= int(trainer.cfg["epochs"]) and args.time_budget is None:
                 print(f"{args.out} has finished its {trainer.cfg['epochs']} epochs; pass --epochs N (> "

@@ -397,6 +397,14 @@ class Trainer:
             if saved != own:
                 raise ValueError(f"checkpoint {key}={saved!r} differs from config {own!r} (--resume continues "
                                  f"the same run; start a new stage from it with --init-from)")
+        # A fine-tuning run resumed with the command that started it (--init-from SRC --resume) is fine; SRC may be
+        # gone by then, only this run's checkpoint is read. Another SRC would misstate where the run came from.
+        saved_init = ckpt["config"].get("init_from")
+        if self.cfg.get("init_from") is None:
+            self.cfg["init_from"] = saved_init  # config.json keeps the record
+        elif str(self.cfg["init_from"]) != str(saved_init):
+            raise ValueError(f"checkpoint init_from={saved_init!r} differs from --init-from {str(self.cfg['init_from'])!r} "
+                             "(--resume continues the run that was started from the former)")
         self.model.load_state_dict(ckpt["model"])
         if self.kernel_loss is not None:
             self.kernel_loss.load_state_dict(ckpt["kernel_loss"])
