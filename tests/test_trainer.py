@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bonn_serve.datasets import DatasetError, load_cifar10
-from training.binarize import binary_layers
+from training.binarize import binary_layers, latent_signs
 from training.data import augment, load_split, train_batches
 from training.trainer import Trainer, cosine_factor, make_config, milestone_epochs, step_factor
 
@@ -324,7 +324,7 @@ def test_cli_resume_keeps_the_saved_schedule_length_unless_told(tmp_path):
 @needs_mini
 @pytest.mark.parametrize("change", [{"lr": 0.05}, {"optimizer": "adam"}, {"nu": 1e-3}, {"lr_milestones": [0.5]},
                                     {"latent_weight_decay": 5e-4}, {"seed": 1}, {"batch_size": 64},
-                                    {"limit_test": 32}])
+                                    {"limit_test": 32}, {"latent_init_scale": 0.1}])
 def test_resume_refuses_other_hyper_parameters(tmp_path, change):
     """`--resume` continues the same run; a changed optimizer, lr, prior or data order would silently make it
     another one (an SGD state loaded into AdamW, a cosine from another lr). Implementation options may change."""
@@ -751,3 +751,60 @@ def test_prior_update_closed_form_refits_mu_sigma_each_step_and_resumes_exactly(
         torch.testing.assert_close(mu.detach(), a.mean(1))
         torch.testing.assert_close(sigma.detach(), a.std(1, unbiased=False))
     _assert_resume_exact_and_other_prior_update_refused(cfg, tmp_path, "sgd")
+
+
+# ------------------------------------------------------ latent init scale and sign changes (method section 19)
+@needs_mini
+def test_latent_init_scale_scales_the_latent_weights_and_recon_only(tmp_path):
+    """The scale multiplies the fresh latent weights (same signs, so the same binary net) and re-initialises
+    recon to the new mean |X|; every other parameter and the RNG stream are untouched (1.0 = the old init)."""
+    torch.set_num_threads(1)
+    cfg = small_cfg(lam=0.0, theta=0.0)
+    plain = Trainer(cfg, str(DATA), tmp_path / "p")
+    scaled = Trainer(make_config({**cfg, "latent_init_scale": 0.01}), str(DATA), tmp_path / "s")
+    latent = {id(lay.weight) for lay in binary_layers(plain.model)}
+    recon = {id(lay.recon) for lay in binary_layers(plain.model)}
+    for (n, p), q in zip(plain.model.named_parameters(), scaled.model.parameters()):
+        if id(p) in latent:
+            torch.testing.assert_close(q, 0.01 * p, msg=n)
+        elif id(p) not in recon:
+            assert torch.equal(p, q), n
+    for lay in binary_layers(scaled.model):
+        assert torch.allclose(lay.recon, lay.weight.abs().mean().expand_as(lay.recon))
+    assert all(torch.equal(a, b) for a, b in zip(latent_signs(plain.model), latent_signs(scaled.model)))
+    after_scaled = torch.get_rng_state()
+    Trainer(cfg, str(DATA), tmp_path / "q")  # seeds itself: the same state after it means no extra random draws
+    assert torch.equal(torch.get_rng_state(), after_scaled)
+    for bad in (0, -1, 1e4):
+        with pytest.raises(ValueError, match="latent_init_scale"):
+            make_config({"latent_init_scale": bad})
+    with pytest.raises(ValueError, match="latent_init_scale.*init_from"):
+        make_config({"latent_init_scale": 0.1, "init_from": "x.pt"})
+
+
+@needs_mini
+def test_epoch_log_counts_latent_sign_changes_across_a_resume(tmp_path):
+    """sign_flips: the fraction of latent signs that changed during the epoch; sign_changed_from_init: since the
+    seed's initialisation. Both recomputed from the checkpoints, also for an epoch run after a resume."""
+    torch.set_num_threads(1)
+    cfg = small_cfg(lam=0.0, theta=0.0, epochs=2, lr=0.5)
+    run = tmp_path / "r"
+    Trainer(cfg, str(DATA), run).fit(epochs=1, progress=False)
+    signs1 = latent_signs(_model_from(run / "checkpoint.pt", cfg, tmp_path))
+    tr = Trainer(cfg, str(DATA), run, load_init=False)
+    tr.resume(run / "checkpoint.pt")
+    tr.fit(progress=False)
+    signs2 = latent_signs(tr.model)
+    init = latent_signs(Trainer(cfg, str(DATA), tmp_path / "fresh").model)
+    total = sum(t.numel() for t in init)
+    frac = lambda a, b: sum(int((x != y).sum()) for x, y in zip(a, b)) / total  # noqa: E731
+    r1, r2 = _epoch_records(run)
+    assert r1["sign_flips"] == r1["sign_changed_from_init"] == frac(init, signs1) > 0
+    assert r2["sign_flips"] == frac(signs1, signs2) > 0
+    assert r2["sign_changed_from_init"] == frac(init, signs2)
+
+
+def _model_from(ckpt: Path, cfg: dict, tmp_path: Path):
+    tr = Trainer(cfg, str(DATA), tmp_path / "load", load_init=False)
+    tr.resume(ckpt)
+    return tr.model

@@ -155,6 +155,22 @@ def binary_layers(model: nn.Module) -> list[BinaryConv2d]:
     return [m for m in model.modules() if isinstance(m, BinaryConv2d)]
 
 
+@torch.no_grad()
+def scale_latent_init(model: nn.Module, scale: float) -> None:
+    """Multiply every binary layer's freshly initialised latent weights by `scale` (their signs, and so the
+    forward pass up to BN, do not change) and re-initialise `recon` to the new mean |X| as the layer does.
+    The scale decides how far an SGD step moves a latent weight relative to its size (method section 19)."""
+    for m in binary_layers(model):
+        m.weight.mul_(scale)
+        m.recon.fill_(float(m.weight.abs().mean()))
+
+
+@torch.no_grad()
+def latent_signs(model: nn.Module) -> list[torch.Tensor]:
+    """Every binary layer's latent signs (True where the binarized weight is +1), as the forward sees them."""
+    return [(m.weight >= 0).cpu() for m in binary_layers(model)]
+
+
 def set_binary_conv_dtype(model: nn.Module, dtype: torch.dtype) -> int:
     """Run every binary convolution of `model` in `dtype` while training; returns how many it set."""
     if dtype not in (torch.float32, torch.bfloat16):

@@ -85,7 +85,14 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
                       label="Sarle BC")
         axes[-1].axhline(5 / 9, color="gray", ls=":", label="5/9 (bimodal above)")
         axes[-1].set(xlabel="epoch", ylabel="BC (mean over binary layers)", title="bimodality")
-        axes[-1].legend()
+        axes[-1].legend(loc="upper left")
+        moved = [r for r in hist_recs if "sign_changed_from_init" in r]
+        if moved:  # do the binary weights learn? (method section 19)
+            twin = axes[-1].twinx()
+            twin.plot([r["epoch"] for r in moved], [100 * r["sign_changed_from_init"] for r in moved], "s--",
+                      color="tab:red", label="signs changed since start")
+            twin.set_ylabel("% of latent signs changed since start", color="tab:red")
+            twin.legend(loc="lower right")
         fig.tight_layout()
         p = out_dir / f"{name}_weight_hist.png"
         fig.savefig(p, dpi=90)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .binarize import BinaryConv2d, binary_layers, set_binary_conv_dtype
+from .binarize import BinaryConv2d, binary_layers, latent_signs, scale_latent_init, set_binary_conv_dtype
 from .data import Normalizer, Split, eval_batches, hold_out, load_split, train_batches
 from .losses import BayesianFeatureLoss, BayesianKernelLoss, bimodality, clamp_recon_
 from .models import ARCHS, build_model
@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = dict(
     seed=0, epochs=10, batch_size=128,
     lr_schedule="cosine", lr_milestones=(0.3, 0.6, 0.8), lr_gamma=0.2,
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, latent_weight_decay=0.0,
-    slow_lr_scale=0.1,
+    slow_lr_scale=0.1, latent_init_scale=1.0,
     lam=1e-4, nu=1e-4, theta=1e-2, center_alpha=0.5, feature_fraction=0.25, prior_update="optimizer",
     channels_last=True, compile=False, threads=1, device="auto", log_every=50, eval_batch=500,
     layout="auto", limit_train=None, limit_test=None, val_size=0, export=True, hist_layers=3,
@@ -45,7 +45,7 @@ FEATURE_SOURCES = ("pooled", "logits")
 RESUME_MUST_MATCH = (
     "arch", "binary", "num_classes", "dropout", "seed", "batch_size", "limit_train", "limit_test", "val_size",
     "optimizer", "lr", "momentum", "nesterov", "weight_decay", "latent_weight_decay", "slow_lr_scale",
-    "lr_schedule", "lr_milestones", "lr_gamma",
+    "latent_init_scale", "lr_schedule", "lr_milestones", "lr_gamma",
     "lam", "nu", "theta", "center_alpha", "feature_fraction", "prior_update", "feature_source",
 )
 LR_SCHEDULES = ("cosine", "step")  # step: the WRN recipe's x0.2 at 60/120/160 of 200 epochs (method 17)
@@ -60,7 +60,7 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
     cfg = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None or k.startswith("limit_")}}
     # YAML reads "1e-5" (no dot) as a string; coerce the numeric keys so such a typo cannot slip through.
     for key, kind in (("lam", float), ("nu", float), ("theta", float), ("lr", float), ("weight_decay", float),
-                      ("latent_weight_decay", float),
+                      ("latent_weight_decay", float), ("latent_init_scale", float),
                       ("momentum", float), ("slow_lr_scale", float), ("center_alpha", float),
                       ("feature_fraction", float), ("dropout", float), ("epochs", int), ("batch_size", int),
                       ("seed", int), ("val_size", int)):
@@ -75,6 +75,11 @@ def make_config(overrides: dict[str, Any]) -> dict[str, Any]:
     for key in ("lam", "nu", "theta", "lr", "weight_decay", "latent_weight_decay"):
         if float(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0")
+    if not 0.0 < cfg["latent_init_scale"] <= 1e3:
+        raise ValueError(f"latent_init_scale must be in (0, 1000], got {cfg['latent_init_scale']}")
+    if cfg["latent_init_scale"] != 1.0 and cfg["init_from"] is not None:
+        raise ValueError("latent_init_scale scales a fresh initialisation; with init_from the weights come from "
+                         "the source checkpoint, so leave it at 1")
     if int(cfg["val_size"]) < 0:
         raise ValueError("val_size must be >= 0")
     if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1:
@@ -190,6 +195,12 @@ class Trainer:
         self.spec = ARCHS[cfg["arch"]]["input"]
         self.model = build_model(cfg["arch"], binary=bool(cfg["binary"]), num_classes=int(cfg["num_classes"]),
                                  dropout=float(cfg["dropout"])).to(self.device)
+        if cfg["latent_init_scale"] != 1.0:
+            scale_latent_init(self.model, float(cfg["latent_init_scale"]))
+        # The latent signs as initialised (a fresh start only): the epoch log says how many have changed since,
+        # which tells a net that learns its binary weights from one that trains around random ones (method 19).
+        self._signs_init = None if cfg["init_from"] else latent_signs(self.model)
+        self._signs_prev = latent_signs(self.model)
         init = self._load_init(cfg["init_from"]) if cfg["init_from"] and load_init else None
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -635,9 +646,14 @@ class Trainer:
             "alpha_mean": sum(float(lay.alpha) for lay in layers) / len(layers),
             # the latent weights' scale: weight decay shrinks it, and with it the prior's sigma (method section 15)
             "latent_abs_mean": sum(float(lay.weight.abs().mean()) for lay in layers) / len(layers),
+            # fraction of all latent signs that changed since the last record (one epoch), and since the start
+            "sign_flips": _changed_fraction(self._signs_prev, signs := latent_signs(self.model)),
             "bc_per_layer": [round(s["bc"], 4) for s in stats],
             "hist": {},
         }
+        if self._signs_init is not None:
+            out["sign_changed_from_init"] = _changed_fraction(self._signs_init, signs)
+        self._signs_prev = signs
         for i in self.hist_idx:
             w = layers[i].weight.detach().flatten()
             lim = float(w.abs().quantile(0.995)) if w.numel() < 2**24 else float(w.abs().max())
@@ -678,6 +694,7 @@ class Trainer:
             _write_atomic(self.out / "config.json", json.dumps(self.cfg, indent=2))
             if self.epoch == 0 and self.step == 0:
                 self.log({"kind": "init", "epoch": 0, **self.evaluate_all(), **self.weight_stats()})
+        self._signs_prev = latent_signs(self.model)  # the weights this call starts from (a resume's included)
         last: dict[str, Any] = {}
         self.stopped_early = False
         overhead_s = 0.0  # checkpoint + plot time of the previous epoch: part of what an epoch costs
@@ -772,6 +789,12 @@ def _full_fp32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _changed_fraction(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """Fraction of all latent signs that differ between two `latent_signs` snapshots."""
+    total = sum(b.numel() for b in before)
+    return sum(int((b != a).sum()) for b, a in zip(before, after)) / max(total, 1)
 
 
 def _write_atomic(path: Path, text: str) -> None:
