@@ -171,6 +171,14 @@ def latent_signs(model: nn.Module) -> list[torch.Tensor]:
     return [(m.weight >= 0).cpu() for m in binary_layers(model)]
 
 
+def changed_fraction(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """Fraction of all latent signs that differ between two `latent_signs` snapshots of one net."""
+    if [b.shape for b in before] != [a.shape for a in after]:
+        raise ValueError("the snapshots are of different nets")
+    total = sum(b.numel() for b in before)
+    return sum(int((b != a).sum()) for b, a in zip(before, after)) / max(total, 1)
+
+
 def set_binary_conv_dtype(model: nn.Module, dtype: torch.dtype) -> int:
     """Run every binary convolution of `model` in `dtype` while training; returns how many it set."""
     if dtype not in (torch.float32, torch.bfloat16):

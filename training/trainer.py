@@ -24,7 +24,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .binarize import BinaryConv2d, binary_layers, latent_signs, scale_latent_init, set_binary_conv_dtype
+from .binarize import (BinaryConv2d, binary_layers, changed_fraction, latent_signs, scale_latent_init,
+                       set_binary_conv_dtype)
 from .data import Normalizer, Split, eval_batches, hold_out, load_split, train_batches
 from .losses import BayesianFeatureLoss, BayesianKernelLoss, bimodality, clamp_recon_
 from .models import ARCHS, build_model
@@ -647,12 +648,12 @@ class Trainer:
             # the latent weights' scale: weight decay shrinks it, and with it the prior's sigma (method section 15)
             "latent_abs_mean": sum(float(lay.weight.abs().mean()) for lay in layers) / len(layers),
             # fraction of all latent signs that changed since the last record (one epoch), and since the start
-            "sign_flips": _changed_fraction(self._signs_prev, signs := latent_signs(self.model)),
+            "sign_flips": changed_fraction(self._signs_prev, signs := latent_signs(self.model)),
             "bc_per_layer": [round(s["bc"], 4) for s in stats],
             "hist": {},
         }
         if self._signs_init is not None:
-            out["sign_changed_from_init"] = _changed_fraction(self._signs_init, signs)
+            out["sign_changed_from_init"] = changed_fraction(self._signs_init, signs)
         self._signs_prev = signs
         for i in self.hist_idx:
             w = layers[i].weight.detach().flatten()
@@ -789,12 +790,6 @@ def _full_fp32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def _changed_fraction(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
-    """Fraction of all latent signs that differ between two `latent_signs` snapshots."""
-    total = sum(b.numel() for b in before)
-    return sum(int((b != a).sum()) for b, a in zip(before, after)) / max(total, 1)
 
 
 def _write_atomic(path: Path, text: str) -> None:
