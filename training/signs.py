@@ -16,16 +16,12 @@ import torch
 from .binarize import changed_fraction, latent_signs, scale_latent_init
 from .models import build_model
 from .summarize import emit
+from .trainer import read_checkpoint
 
 
 def load_net(path: Path) -> tuple[int, torch.nn.Module, torch.nn.Module | None]:
     """(epoch, trained net, the seed's initial net or None for a fine-tuning run, which started elsewhere)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unreadable, truncated or not a tensor file: one message
-        raise ValueError(f"{path}: cannot read it ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "bonn-serve-train/1":
-        raise ValueError(f"{path}: not a bonn-serve training checkpoint")
+    ckpt = read_checkpoint(path, str(path))
     cfg = ckpt["config"]
     if not cfg.get("binary", True):
         raise ValueError(f"{path}: a full-precision net has no latent signs")
@@ -64,7 +60,7 @@ def _same_net(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 
 def table(rs: list[dict]) -> str:
-    pct = lambda v: "–" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+    pct = lambda v: "–" if v is None else f"{100 * v:.2f} %"
     lines = ["| checkpoint | epoch | signs changed since the start | since the previous row |", "|---|---|---|---|"]
     lines += [f"| {r['checkpoint']} | {r['epoch']} | {pct(r['from_start'])} | {pct(r['from_previous'])} |" for r in rs]
     for r in rs:

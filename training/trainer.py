@@ -201,7 +201,7 @@ class Trainer:
         # The latent signs as initialised (a fresh start only): the epoch log says how many have changed since,
         # which tells a net that learns its binary weights from one that trains around random ones (method 19).
         self._signs_init = None if cfg["init_from"] else latent_signs(self.model)
-        self._signs_prev = latent_signs(self.model)
+        self._signs_prev = self._signs_init if self._signs_init is not None else latent_signs(self.model)
         init = self._load_init(cfg["init_from"]) if cfg["init_from"] and load_init else None
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -256,13 +256,7 @@ class Trainer:
         """Fine-tuning start: the network weights of another run's checkpoint (same arch, binary, classes).
         Everything else starts fresh: optimizer, schedule, step count. The kernel prior, built next, reads
         its initial mu/sigma from these weights unless `_init_bayesian_state` finds them in the checkpoint."""
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        # unreadable, truncated, or refused by weights_only: one message for all
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"init_from {path}: cannot read it ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != "bonn-serve-train/1":
-            raise ValueError(f"init_from {path}: not a bonn-serve training checkpoint")
+        ckpt = read_checkpoint(path, f"init_from {path}")
         for key in ("arch", "binary", "num_classes"):
             saved = ckpt["config"].get(key, DEFAULTS[key])
             if saved != self.cfg[key]:
@@ -790,6 +784,18 @@ def _full_fp32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def read_checkpoint(path: str | Path, label: str) -> dict[str, Any]:
+    """A training checkpoint written by this trainer, on the CPU; anything else is a ValueError naming `label`."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    # unreadable, truncated, or refused by weights_only: one message for all
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{label}: cannot read it ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "bonn-serve-train/1":
+        raise ValueError(f"{label}: not a bonn-serve training checkpoint")
+    return ckpt
 
 
 def _write_atomic(path: Path, text: str) -> None:
