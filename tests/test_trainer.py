@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -371,7 +372,8 @@ def test_shipped_configs_are_valid():
         cfg = make_config(yaml.safe_load(p.read_text()))
         assert cfg["name"] == p.stem
         if cfg["name"].startswith("bonn_"):  # the paper's values, unless the name says which one differs
-            lam = 1e-5 if cfg["name"].endswith("_lam1e5") else 1e-4
+            named = re.search(r"_lam1e(\d)$", cfg["name"])
+            lam = float(f"1e-{named.group(1)}") if named else 1e-4
             assert (cfg["lam"], cfg["nu"], cfg["theta"], cfg["slow_lr_scale"]) == (lam, 1e-4, 1e-2, 0.1)
         if cfg["name"].startswith("binary_"):
             assert cfg["binary"] and cfg["lam"] == 0 and cfg["theta"] == 0
