@@ -34,7 +34,7 @@ def test_last_record_of_an_epoch_wins(tmp_path):
 
 
 def test_cli_reads_run_dirs_and_writes_markdown(tmp_path, capsys):
-    for name, acc in (("bonn", 0.8), ("binary", 0.7)):
+    for name, acc in (("bonn", 0.8), ("binary", 0.7), ("bonn_s0.1", 0.75)):
         (tmp_path / name).mkdir()
         write_log(tmp_path / name / "metrics.jsonl", {e: acc for e in range(1, 21)})
     out = tmp_path / "m.md"
@@ -45,6 +45,10 @@ def test_cli_reads_run_dirs_and_writes_markdown(tmp_path, capsys):
     assert lines[2] == "| 1-10 | 80.00 | 70.00 | +10.00 | 10/10 |"
     assert lines[-1] == "| 1-20 (all) | 80.00 | 70.00 | +10.00 | 20/20 |"
     assert out.read_text().count("\n") == 5
+    # Two pairs are labelled by run name; a dot in a directory's name is not a file suffix.
+    assert main([str(tmp_path / "bonn_s0.1"), str(tmp_path / "binary"), str(tmp_path / "bonn"),
+                 str(tmp_path / "binary")]) == 0
+    assert "bonn_s0.1 vs binary" in capsys.readouterr().out
 
 
 def test_clear_errors(tmp_path):

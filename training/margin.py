@@ -89,6 +89,11 @@ def plot_margins(pairs: list[tuple[dict[int, float], dict[int, float]]], labels:
     return out
 
 
+def run_label(path: Path) -> str:
+    """A run's name: the directory's whole name (runs are often named like `bonn_s0.1`), a log file's stem."""
+    return path.stem if path.is_file() else path.name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.margin", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path,
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         tables = [table(windows(a, b, args.window), *args.names) for a, b in pairs]
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"margin: {e}")
-    labels = [f"{a.stem if a.suffix else a.name} vs {b.stem if b.suffix else b.name}" for a, b in pairs_paths]
+    labels = [f"{run_label(a)} vs {run_label(b)}" for a, b in pairs_paths]
     text = "\n\n".join(f"{label}\n\n{tab}" if len(pairs) > 1 else tab for label, tab in zip(labels, tables))
     emit(text, args.out)
     if args.plot:
