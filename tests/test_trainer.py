@@ -379,6 +379,8 @@ def test_shipped_configs_are_valid():
             assert cfg["binary"] and cfg["lam"] == 0 and cfg["theta"] == 0
         if cfg["name"].startswith("kernel_"):  # the kernel prior alone
             assert cfg["binary"] and cfg["lam"] > 0 and cfg["theta"] == 0
+        if cfg["name"].startswith("ablate_feature_"):  # the feature loss alone
+            assert cfg["binary"] and cfg["lam"] == 0 and cfg["theta"] > 0
         if cfg["name"].startswith("fp_"):
             assert not cfg["binary"]
 
