@@ -49,6 +49,11 @@ def test_cli_reads_run_dirs_and_writes_markdown(tmp_path, capsys):
     assert main([str(tmp_path / "bonn_s0.1"), str(tmp_path / "binary"), str(tmp_path / "bonn"),
                  str(tmp_path / "binary")]) == 0
     assert "bonn_s0.1 vs binary" in capsys.readouterr().out
+    # Log files are labelled without their suffixes, `.train.jsonl` as models/logs/ names the copies.
+    a = write_log(tmp_path / "bonn_s1.train.jsonl", {1: 0.5})
+    b = write_log(tmp_path / "binary_s1.jsonl", {1: 0.4})
+    assert main([str(a), str(b), str(a), str(b)]) == 0
+    assert "bonn_s1 vs binary_s1\n" in capsys.readouterr().out
 
 
 def test_clear_errors(tmp_path):

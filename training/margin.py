@@ -90,8 +90,11 @@ def plot_margins(pairs: list[tuple[dict[int, float], dict[int, float]]], labels:
 
 
 def run_label(path: Path) -> str:
-    """A run's name: the directory's whole name (runs are often named like `bonn_s0.1`), a log file's stem."""
-    return path.stem if path.is_file() else path.name
+    """A run's name: the directory's whole name (runs are often named like `bonn_s0.1`), or a log file's name
+    without `.jsonl` and the `.train` that the copies in models/logs/ carry (`bonn_s0.train.jsonl` -> `bonn_s0`)."""
+    if not path.is_file():
+        return path.name
+    return path.name.removesuffix(".jsonl").removesuffix(".train")
 
 
 def main(argv: list[str] | None = None) -> int:
