@@ -105,12 +105,11 @@ _TREE_RSS_PROBE = """
 import os, subprocess, sys, time
 import psutil
 from bonn_serve import loadtest as lt
-child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50 << 20); time.sleep(30)"])
+# The child says when its 50 MB are touched: read while it still grew, the sum would race its page faults.
+child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50 << 20); print('ready', flush=True); "
+                          "time.sleep(30)"], stdout=subprocess.PIPE, text=True)
 try:
-    for _ in range(200):  # wait until the child has touched its 50 MB
-        if psutil.Process(child.pid).memory_info().rss > 40 << 20:
-            break
-        time.sleep(0.05)
+    assert child.stdout.readline().strip() == "ready"
     me, kid = psutil.Process(), psutil.Process(child.pid)
     total, leaves = lt.tree_rss(os.getpid()), lt.tree_rss(os.getpid(), leaves_only=True)
     own, kid_rss = me.memory_info().rss, kid.memory_info().rss
