@@ -102,7 +102,7 @@ def test_rss_growth_verdict() -> None:
 
 
 _TREE_RSS_PROBE = """
-import os, subprocess, sys, time
+import os, subprocess, sys
 import psutil
 from bonn_serve import loadtest as lt
 # The child says when its 50 MB are touched: read while it still grew, the sum would race its page faults.
