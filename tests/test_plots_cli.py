@@ -49,7 +49,8 @@ def test_compare_draws_train_accuracy_and_takes_full_precision_runs(tmp_path, mo
     plot_compare([binary, fp], tmp_path / "cmp.png")
     acc_ax, bc_ax = seen[0].axes
     styles = [(ln.get_linestyle(), list(ln.get_xdata())) for ln in acc_ax.lines]
-    # binary: test curve only (its records carry no train_acc); fp: test curve incl. the init record + train curve
+    # binary: a test curve only (its records carry no train_acc);
+    # fp: a test curve that includes the init record, and a train curve
     assert styles == [("-", [1, 2]), ("-", [0, 1, 2]), ("--", [1, 2])]
     assert list(acc_ax.lines[2].get_ydata()) == pytest.approx([70.0, 80.0])
     assert len([ln for ln in bc_ax.lines if ln.get_label() in ("binary", "fp")]) == 1  # FP has no bimodality

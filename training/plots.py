@@ -102,7 +102,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
 
 def plot_compare(run_dirs: list[str | Path], out_path: str | Path) -> Path:
-    """Test and train accuracy and latent-weight bimodality of several runs on shared axes (e.g. BONN vs baselines)."""
+    """Test and train accuracy and latent-weight bimodality of several runs on shared axes (BONN vs
+    baselines)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +113,8 @@ def plot_compare(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     for run in map(Path, run_dirs):
         recs = read_metrics(run / "metrics.jsonl")
         ep = [r for r in recs if r.get("kind") in ("init", "epoch")]
-        (line,) = axes[0].plot([r["epoch"] for r in ep], [100 * r["test_acc"] for r in ep], "o-", label=run.name)
+        x, test_acc = [r["epoch"] for r in ep], [100 * r["test_acc"] for r in ep]
+        (line,) = axes[0].plot(x, test_acc, "o-", label=run.name)
         # Training accuracy (dashed, same colour) tells underfitting from overfitting at a glance.
         tr = [r for r in ep if "train_acc" in r]
         if tr:
@@ -120,7 +122,8 @@ def plot_compare(run_dirs: list[str | Path], out_path: str | Path) -> Path:
                          color=line.get_color(), alpha=0.6)
         if "bc_mean" in ep[-1]:
             axes[1].plot([r["epoch"] for r in ep], [r["bc_mean"] for r in ep], "o-", label=run.name)
-    axes[0].set(xlabel="epoch", ylabel="accuracy %", title="CIFAR-10 test (solid) and train (dashed) accuracy")
+    axes[0].set(xlabel="epoch", ylabel="accuracy %",
+                title="CIFAR-10 test (solid) and train (dashed) accuracy")
     axes[1].axhline(5 / 9, color="gray", ls=":", label="5/9")
     axes[1].axhline(1 / 3, color="gray", ls="--", label="Gaussian (1/3)")
     axes[1].set(xlabel="epoch", ylabel="Sarle BC (mean over binary layers)", title="latent-weight bimodality")
