@@ -113,15 +113,15 @@ def plot_compare(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     for run in map(Path, run_dirs):
         recs = read_metrics(run / "metrics.jsonl")
         ep = [r for r in recs if r.get("kind") in ("init", "epoch")]
-        x, test_acc = [r["epoch"] for r in ep], [100 * r["test_acc"] for r in ep]
-        (line,) = axes[0].plot(x, test_acc, "o-", label=run.name)
+        epochs = [r["epoch"] for r in ep]
+        (line,) = axes[0].plot(epochs, [100 * r["test_acc"] for r in ep], "o-", label=run.name)
         # Training accuracy (dashed, same colour) tells underfitting from overfitting at a glance.
         tr = [r for r in ep if "train_acc" in r]
         if tr:
             axes[0].plot([r["epoch"] for r in tr], [100 * r["train_acc"] for r in tr], "--",
                          color=line.get_color(), alpha=0.6)
         if "bc_mean" in ep[-1]:
-            axes[1].plot([r["epoch"] for r in ep], [r["bc_mean"] for r in ep], "o-", label=run.name)
+            axes[1].plot(epochs, [r["bc_mean"] for r in ep], "o-", label=run.name)
     axes[0].set(xlabel="epoch", ylabel="accuracy %",
                 title="CIFAR-10 test (solid) and train (dashed) accuracy")
     axes[1].axhline(5 / 9, color="gray", ls=":", label="5/9")
