@@ -15,16 +15,15 @@ import argparse
 import statistics
 from pathlib import Path
 
-from .plots import read_metrics
+from .plots import epoch_records, metrics_file, read_metrics, run_label
 from .summarize import emit
 
 
 def epoch_accuracy(run: Path) -> dict[int, float]:
     """{epoch: test accuracy} from a run directory or a metrics JSONL file; the last record of an epoch wins
     (a run resumed from an earlier checkpoint rewrites the epochs after it)."""
-    path = run / "metrics.jsonl" if run.is_dir() else run
-    acc = {r["epoch"]: r["test_acc"] for r in read_metrics(path)
-           if r.get("kind") == "epoch" and r.get("test_acc") is not None}
+    path = metrics_file(run)
+    acc = {r["epoch"]: r["test_acc"] for r in epoch_records(read_metrics(path)) if r.get("test_acc") is not None}
     if not acc:
         raise ValueError(f"{path}: no epoch with a test accuracy")
     return acc
@@ -87,14 +86,6 @@ def plot_margins(pairs: list[tuple[dict[int, float], dict[int, float]]], labels:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
-
-
-def run_label(path: Path) -> str:
-    """A run's name: the directory's whole name (runs are often named like `bonn_s0.1`), or a log file's name
-    without `.jsonl` and the `.train` that the copies in models/logs/ carry (`bonn_s0.train.jsonl` -> `bonn_s0`)."""
-    if not path.is_file():
-        return path.name
-    return path.name.removesuffix(".jsonl").removesuffix(".train")
 
 
 def main(argv: list[str] | None = None) -> int:

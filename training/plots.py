@@ -13,21 +13,43 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def metrics_file(run: Path) -> Path:
+    """Where a run's log is: `RUN_DIR/metrics.jsonl`, or the path itself when it is a log file (the copies in
+    models/logs/ are named `X.train.jsonl`)."""
+    return run / "metrics.jsonl" if run.is_dir() else run
+
+
+def run_label(run: Path) -> str:
+    """A run's name: the directory's whole name (runs are often named like `bonn_s0.1`), or a log file's name
+    without `.jsonl` and the `.train` that the copies in models/logs/ carry (`bonn_s0.train.jsonl` -> `bonn_s0`)."""
+    if not run.is_file():
+        return run.name
+    return run.name.removesuffix(".jsonl").removesuffix(".train")
+
+
+def epoch_records(recs: list[dict[str, Any]], kinds: tuple[str, ...] = ("epoch",)) -> list[dict[str, Any]]:
+    """One record per epoch, in epoch order. A run resumed from an earlier checkpoint logs the epochs after it
+    again; the last record of an epoch wins, as the checkpoint it came from is the one the run went on from."""
+    by_epoch = {r["epoch"]: r for r in recs if r.get("kind") in kinds}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write curves.png and weight_hist.png (binary runs) for one run; returns the written paths."""
+    """Write NAME_curves.png and NAME_weight_hist.png (binary runs) for one run, a run directory or a log file
+    (then next to it, unless `out_dir` is given); returns the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir or run_dir)
-    recs = read_metrics(run_dir / "metrics.jsonl")
-    epochs = [r for r in recs if r.get("kind") == "epoch"]
+    out_dir = Path(out_dir or (run_dir if run_dir.is_dir() else run_dir.parent))
+    recs = read_metrics(metrics_file(run_dir))
+    epochs = epoch_records(recs)
     written: list[Path] = []
     if not epochs:
         return written
-    name = run_dir.name
+    name = run_label(run_dir)
     ep = [r["epoch"] for r in epochs]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(ep, [100 * r["test_acc"] for r in epochs], "o-", label="test")
@@ -62,7 +84,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     plt.close(fig)
     written.append(p)
 
-    hist_recs = [r for r in [*(x for x in recs if x.get("kind") == "init"), *epochs] if r.get("hist")]
+    hist_recs = [r for r in epoch_records(recs, ("init", "epoch")) if r.get("hist")]
     if hist_recs:
         layers = list(hist_recs[-1]["hist"])
         fig, axes = plt.subplots(1, len(layers) + 1, figsize=(5 * (len(layers) + 1), 4))
@@ -102,8 +124,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
 
 def plot_compare(run_dirs: list[str | Path], out_path: str | Path) -> Path:
-    """Test and train accuracy and latent-weight bimodality of several runs on shared axes (BONN vs
-    baselines)."""
+    """Test and train accuracy and latent-weight bimodality of several runs (run directories or log files) on
+    shared axes (BONN vs baselines)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,17 +133,16 @@ def plot_compare(run_dirs: list[str | Path], out_path: str | Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for run in map(Path, run_dirs):
-        recs = read_metrics(run / "metrics.jsonl")
-        ep = [r for r in recs if r.get("kind") in ("init", "epoch")]
+        ep = epoch_records(read_metrics(metrics_file(run)), ("init", "epoch"))
         epochs = [r["epoch"] for r in ep]
-        (line,) = axes[0].plot(epochs, [100 * r["test_acc"] for r in ep], "o-", label=run.name)
+        (line,) = axes[0].plot(epochs, [100 * r["test_acc"] for r in ep], "o-", label=run_label(run))
         # Training accuracy (dashed, same colour) tells underfitting from overfitting at a glance.
         tr = [r for r in ep if "train_acc" in r]
         if tr:
             axes[0].plot([r["epoch"] for r in tr], [100 * r["train_acc"] for r in tr], "--",
                          color=line.get_color(), alpha=0.6)
         if "bc_mean" in ep[-1]:
-            axes[1].plot(epochs, [r["bc_mean"] for r in ep], "o-", label=run.name)
+            axes[1].plot(epochs, [r["bc_mean"] for r in ep], "o-", label=run_label(run))
     axes[0].set(xlabel="epoch", ylabel="accuracy %",
                 title="CIFAR-10 test (solid) and train (dashed) accuracy")
     axes[1].axhline(5 / 9, color="gray", ls=":", label="5/9")
@@ -142,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.plots",
                                 description="curves and latent-weight histograms of run dirs, or one "
                                             "comparison plot of several")
-    p.add_argument("runs", nargs="+", type=Path, help="run dirs (each holds a metrics.jsonl)")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="run dirs (each holds a metrics.jsonl) or metrics JSONL files (the copies in models/logs/)")
     p.add_argument("--compare", metavar="OUT.png", help="one plot comparing the runs instead")
     args = p.parse_args(argv)
-    missing = [str(r) for r in args.runs if not (r / "metrics.jsonl").is_file()]
+    missing = [str(r) for r in args.runs if not metrics_file(r).is_file()]
     if missing:
-        p.error(f"no metrics.jsonl in: {', '.join(missing)}")
+        p.error(f"no metrics.jsonl in (or no such log file): {', '.join(missing)}")
     if args.compare:
         print(plot_compare(args.runs, args.compare))
     else:
