@@ -107,3 +107,21 @@ def test_summarize_groups_seeds_and_ranks_by_validation(tmp_path, capsys):
     (tmp_path / "empty" / "metrics.jsonl").write_text("")
     with pytest.raises(SystemExit, match="no finished epoch"):
         main([str(tmp_path / "empty")])
+
+
+def test_summarize_reads_the_log_copies_in_models_logs(tmp_path, capsys):
+    """`X.train.jsonl` next to `X.config.json` and `X.eval.json` (as models/logs/ keeps them) is a run too, with
+    its engine accuracy; a config copy that is missing is a clear error."""
+    from training.summarize import main
+
+    for name, seed, test_acc, engine_acc in (("bonn_s0", 0, 0.80, 0.8012), ("bonn_s1", 1, 0.82, 0.8188)):
+        write_run(tmp_path / name, seed, 1e-5, 0.5, test_acc)
+        for src, dst in (("config.json", "config.json"), ("metrics.jsonl", "train.jsonl")):
+            (tmp_path / f"{name}.{dst}").write_text((tmp_path / name / src).read_text())
+        (tmp_path / f"{name}.eval.json").write_text(json.dumps({"accuracy": engine_acc}))
+    assert main([str(tmp_path / "bonn_s0.train.jsonl"), str(tmp_path / "bonn_s1.train.jsonl")]) == 0
+    row = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| all runs")]
+    assert row == ["| all runs | 0, 1 | 2 | 50.00 ± 0.00 | 81.00 ± 1.41 | 81.00 ± 1.24 | 0.200 |"]
+    (tmp_path / "bonn_s1.config.json").unlink()
+    with pytest.raises(SystemExit, match="bonn_s1.config.json"):
+        main([str(tmp_path / "bonn_s1.train.jsonl")])

@@ -13,27 +13,36 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .plots import read_metrics
+from .plots import epoch_records, metrics_file, read_metrics, run_label
 
 # Keys that do not change what is trained (or only the seed): runs differing in these are repeats.
 IGNORED = {"name", "seed", "threads", "device", "compile", "log_every", "eval_batch", "export", "layout",
            "hist_layers"}
 
 
-def last_epoch(run_dir: Path) -> dict[str, Any]:
-    epochs = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+def run_files(run: Path) -> tuple[Path, Path, Path]:
+    """(metrics log, config, engine evaluation) of a run directory, or of a log copy in models/logs/:
+    `X.train.jsonl` next to `X.config.json` and `X.eval.json`."""
+    if run.is_dir():
+        return metrics_file(run), run / "config.json", run / "eval_test.json"
+    return run, run.with_name(f"{run_label(run)}.config.json"), run.with_name(f"{run_label(run)}.eval.json")
+
+
+def last_epoch(metrics: Path) -> dict[str, Any]:
+    epochs = epoch_records(read_metrics(metrics))
     if not epochs:
-        raise ValueError(f"{run_dir}: no finished epoch in metrics.jsonl")
+        raise ValueError(f"{metrics}: no finished epoch")
     return epochs[-1]
 
 
-def group_runs(run_dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
+def group_runs(runs_in: list[Path]) -> dict[str, list[dict[str, Any]]]:
     """{configuration label: [one record per run]}; the label lists what differs between the groups."""
     runs = []
-    for d in run_dirs:
-        cfg = json.loads((d / "config.json").read_text())
-        rec = dict(last_epoch(d), run=d.name, seed=cfg.get("seed"))
-        engine = d / "eval_test.json"  # written by `bonn-serve eval --json` (accuracy through the engine)
+    for run in runs_in:
+        metrics, config, engine = run_files(run)
+        cfg = json.loads(config.read_text())
+        rec = dict(last_epoch(metrics), run=run_label(run), seed=cfg.get("seed"))
+        # `engine` is written by `bonn-serve eval --json` (accuracy through the engine)
         if engine.exists():
             rec["engine_acc"] = json.loads(engine.read_text()).get("accuracy")
         runs.append(({k: v for k, v in cfg.items() if k not in IGNORED}, rec))
@@ -80,7 +89,9 @@ def emit(text: str, out: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.summarize", description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (config.json + metrics.jsonl)")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="run directories (config.json + metrics.jsonl, eval_test.json if evaluated) or log copies "
+                        "X.train.jsonl (next to X.config.json, X.eval.json)")
     p.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = p.parse_args(argv)
     try:
