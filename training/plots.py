@@ -43,7 +43,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir or (run_dir if run_dir.is_dir() else run_dir.parent))
+    out_dir = Path(out_dir or metrics_file(run_dir).parent)
     recs = read_metrics(metrics_file(run_dir))
     epochs = epoch_records(recs)
     written: list[Path] = []

@@ -25,7 +25,8 @@ def run_files(run: Path) -> tuple[Path, Path, Path]:
     `X.train.jsonl` next to `X.config.json` and `X.eval.json`."""
     if run.is_dir():
         return metrics_file(run), run / "config.json", run / "eval_test.json"
-    return run, run.with_name(f"{run_label(run)}.config.json"), run.with_name(f"{run_label(run)}.eval.json")
+    stem = run_label(run)
+    return run, run.with_name(f"{stem}.config.json"), run.with_name(f"{stem}.eval.json")
 
 
 def last_epoch(metrics: Path) -> dict[str, Any]:
