@@ -13,7 +13,8 @@ Two steps, because such a host is bare (no data, nothing to download) and takes 
         --run bonn=training/configs/bonn_wrn22_16_adam.yaml --run b1=training/configs/binary_wrn22_16_adam.yaml:seed=1
 
 A run that dies before its first checkpoint (say torch.compile fails on that host's torch) is restarted
-once with `compile: false`. Back here, `unbundle` turns the bundles into run dirs that continue with
+once with `compile: false`. Each new checkpoint is bundled into OUT as it lands, so a call killed at its limit
+still returns every run at its last epoch (except with --light, which bundles once, at the end). Back here, `unbundle` turns the bundles into run dirs that continue with
 `bonn-serve train --resume`; `bundle` packs run dirs started here for a loan to continue (`run --resume-from`).
 The accuracy it logs there is on the re-encoded test images; measure the model here on the real ones
 (`bonn-serve eval`).
@@ -123,12 +124,14 @@ def epoch_records(run_dir: Path) -> list[dict]:
 class Sweep:
     """The runs' processes: launch, restart once without torch.compile if a run dies before any checkpoint."""
 
-    def __init__(self, work: Path, data_dir: Path, specs: list[str], device: str):
+    def __init__(self, work: Path, data_dir: Path, specs: list[str], device: str, snapshot_to: Path | None = None):
         self.work, self.data_dir, self.device = work, data_dir, device
         self.runs = {name: (cfg, ov) for name, cfg, ov in map(parse_run, specs)}
         self.procs: dict[str, subprocess.Popen] = {}
         self.extra: dict[str, list[str]] = {}  # each run's last launch arguments (a retry repeats them)
         self.retried: set[str] = set()
+        self.snapshot_to = snapshot_to  # where each new checkpoint is bundled at once (None: only at the end)
+        self.snapshotted: dict[str, int] = {}  # run -> mtime_ns of the checkpoint last bundled
 
     def run_dir(self, name: str) -> Path:
         return self.work / "runs" / name
@@ -164,10 +167,27 @@ class Sweep:
                     print(f"[{name}] retrying with compile: false", flush=True)
                     self.runs[name][1]["compile"] = "false"
                     self.launch(name, self.extra[name])
+            self.snapshot()
             if time.time() - last_report > 30:
                 last_report = time.time()
                 print(f"t={time.time() - t0:.0f}s " + " ".join(f"{n}:{progress(self.run_dir(n))}" for n in self.runs),
                       flush=True)
+
+    def snapshot(self) -> None:
+        """Bundle every run whose checkpoint is new since the last look into snapshot_to. A loan cut short
+        (the call's limit can be below the budget asked for) then still returns each run's last epoch. The
+        trainer replaces checkpoint.pt atomically and resume trims the log to it, so any moment is consistent."""
+        if self.snapshot_to is None:
+            return
+        for name in self.runs:
+            ckpt = self.run_dir(name) / "checkpoint.pt"
+            if not ckpt.exists() or self.snapshotted.get(name) == ckpt.stat().st_mtime_ns:
+                continue
+            self.snapshotted[name] = ckpt.stat().st_mtime_ns
+            bundle = self.snapshot_to / f"{name}.tar.gz"
+            tmp = bundle.with_name(f".{bundle.name}.tmp")  # a kill mid-write leaves the previous bundle whole
+            write_bundle(self.run_dir(name), tmp, [*RESUMABLE, "train.log"])
+            os.replace(tmp, bundle)
 
     def stop(self) -> None:
         for name, p in self.procs.items():  # past the deadline: stop, keep the last checkpoint
@@ -192,7 +212,10 @@ def run(args: argparse.Namespace) -> int:
     unpack(args.packed, data_dir)
     mps = (not args.no_mps) and start_mps()
     print(f"MPS: {'on' if mps else 'off'}; t={time.time() - t0:.0f}s before training", flush=True)
-    sweep = Sweep(work, data_dir, args.run, args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # --light runs are bundled once, at the end: their checkpoints are too big to come back (export_model)
+    sweep = Sweep(work, data_dir, args.run, args.device, snapshot_to=None if args.light else out)
     if args.epochs:
         fixed_schedule(sweep, args, deadline, t0)
     else:
@@ -200,8 +223,6 @@ def run(args: argparse.Namespace) -> int:
     sweep.stop()
     if mps:
         subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, timeout=20, check=False)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for name in sweep.runs:
         run_dir = sweep.run_dir(name)
         state = export_model(run_dir) if args.light else ["checkpoint.pt"]

@@ -116,6 +116,29 @@ def test_fixed_schedule_continues_across_loans(data_dir, tmp_path, monkeypatch, 
             assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == want
 
 
+def test_a_loan_killed_before_its_final_bundling_still_returns_each_run(data_dir, tmp_path, monkeypatch, capsys):
+    """The device call's limit can fall below --budget-s (idle time counts against the loan), and a killed
+    driver writes no final bundles. Each new checkpoint is bundled into OUT as it lands, so the runs come back
+    at their last epoch and continue here."""
+    packed = tmp_path / "packed.npz"
+    gpu_sweep.pack(data_dir, packed)
+
+    def killed(self):
+        raise KeyboardInterrupt("the call's limit")
+    monkeypatch.setattr(gpu_sweep.Sweep, "stop", killed)
+    runs = [f"a=training/configs/bonn_wrn22_16_adam.yaml:{SMALL}",
+            f"b=training/configs/binary_wrn22_16_adam.yaml:{SMALL}"]
+    with pytest.raises(KeyboardInterrupt):
+        gpu_sweep.run(sweep_args(tmp_path, packed, epochs=2, runs=runs))
+    assert "->" not in capsys.readouterr().out  # the final bundling never ran
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tar.gz", "b.tar.gz"]  # no temp files left
+    gpu_sweep.unbundle_runs(sorted((tmp_path / "out").glob("*.tar.gz")), tmp_path / "back")
+    for name in ("a", "b"):
+        run_dir = tmp_path / "back" / name
+        assert (run_dir / "checkpoint.pt").exists()
+        assert [r["epoch"] for r in gpu_sweep.epoch_records(run_dir)] == [1, 2]  # the last epoch, not the first
+
+
 def test_bundle_with_unsafe_path_is_refused(tmp_path):
     bad = tmp_path / "bad.tar.gz"
     (tmp_path / "f").write_text("x")
