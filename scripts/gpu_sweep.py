@@ -14,8 +14,9 @@ Two steps, because such a host is bare (no data, nothing to download) and takes 
 
 A run that dies before its first checkpoint (say torch.compile fails on that host's torch) is restarted
 once with `compile: false`. Each new checkpoint is bundled into OUT as it lands, so a call killed at its limit
-still returns every run at its last epoch (except with --light, which bundles once, at the end). Back here, `unbundle` turns the bundles into run dirs that continue with
-`bonn-serve train --resume`; `bundle` packs run dirs started here for a loan to continue (`run --resume-from`).
+still returns every run at its last epoch (--light bundles once, at the end). Back here, `unbundle` turns the
+bundles into run dirs that continue with `bonn-serve train --resume`; `bundle` packs run dirs started here for a
+loan to continue (`run --resume-from`).
 The accuracy it logs there is on the re-encoded test images; measure the model here on the real ones
 (`bonn-serve eval`).
 """
