@@ -182,9 +182,10 @@ class Sweep:
             return
         for name in self.runs:
             ckpt = self.run_dir(name) / "checkpoint.pt"
-            if not ckpt.exists() or self.snapshotted.get(name) == ckpt.stat().st_mtime_ns:
+            mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+            if mtime is None or self.snapshotted.get(name) == mtime:
                 continue
-            self.snapshotted[name] = ckpt.stat().st_mtime_ns
+            self.snapshotted[name] = mtime
             bundle = self.snapshot_to / f"{name}.tar.gz"
             tmp = bundle.with_name(f".{bundle.name}.tmp")  # a kill mid-write leaves the previous bundle whole
             write_bundle(self.run_dir(name), tmp, [*RESUMABLE, "train.log"])
