@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from training.paired import compare, main, mcnemar_exact_p, pooled
+from training.paired import across_pairs, compare, compare_summaries, main, mcnemar_exact_p, pooled
 
 
 def test_mcnemar_exact_p_known_values():
@@ -94,8 +95,50 @@ def test_cli_pools_pairs_and_refuses_an_odd_file_count(tmp_path, capsys):
     files = [str(tmp_path / f) for f in ("a1.npz", "b1.npz", "a2.npz", "b2.npz")]
     assert main(files) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert len(rows) == 5 and rows[2].startswith("| a1 vs b1 |") and rows[3].startswith("| a2 vs b2 |")
+    assert len(rows) == 6 and rows[2].startswith("| a1 vs b1 |") and rows[3].startswith("| a2 vs b2 |")
     assert rows[4].startswith("| pooled (2 pairs, by image) | 200 | 98.00 | 95.00 | +3.00") and "| 10 | 4 |" in rows[4]
+    # across the two pairs: differences +10 and -4 points, mean +3, t on 1 df (12.706 * sd / sqrt 2 = 88.94)
+    assert rows[5].startswith("| across pairs (2, t on 1 df; sd 9.90) | 200 | 98.00 | 95.00 | +3.00 (-85.94 … +91.94)")
     with pytest.raises(SystemExit) as e:
         main(files[:3])
     assert e.value.code == 2 and "in pairs" in capsys.readouterr().err
+
+
+def test_across_pairs_is_a_t_interval_on_the_pairs_differences():
+    """Five seeds' differences: mean, sd and the t interval computed by hand (t(0.975, 4) = 2.7764)."""
+    diffs = [-0.0004, 0.0036, 0.0005, -0.0031, -0.0045]
+    rows = [compare_summaries(10000, 8000 + round(d * 10000), 8000) for d in diffs]
+    r = across_pairs(rows)
+    mean, sd = np.mean(diffs), np.std(diffs, ddof=1)
+    assert r["pairs"] == 5 and r["n"] == 50000
+    assert r["diff"] == pytest.approx(mean) and r["sd"] == pytest.approx(sd)
+    assert r["ci_high"] - r["diff"] == pytest.approx(2.7764 * sd / math.sqrt(5), rel=1e-4)
+    assert 0.6 < r["p"] < 0.7  # t = -0.55 on 4 df
+    same = across_pairs([compare_summaries(100, 90, 80)] * 3)  # no spread: a sure effect, not a division by 0
+    assert same["ci_low"] == pytest.approx(0.1) and same["ci_high"] == pytest.approx(0.1) and same["p"] < 1e-9
+    with pytest.raises(ValueError):
+        across_pairs(rows[:1])
+
+
+def test_cli_takes_eval_summaries_for_pairs_whose_predictions_are_gone(tmp_path, capsys):
+    """A pair of `bonn-serve eval --json` files counts in the across-pairs row, not in the by-image pool."""
+    y = np.arange(100) % 10
+    _save(tmp_path / "a1.npz", y, y)
+    _save(tmp_path / "b1.npz", np.where(np.arange(100) < 10, (y + 1) % 10, y), y)
+    _save(tmp_path / "a2.npz", np.where(np.arange(100) < 4, (y + 1) % 10, y), y)
+    _save(tmp_path / "b2.npz", y, y)
+    for name, correct in (("a0", 95), ("b0", 96)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"n": 100, "correct": correct, "split": "test"}))
+    files = [str(tmp_path / f) for f in ("a0.json", "b0.json", "a1.npz", "b1.npz", "a2.npz", "b2.npz")]
+    assert main(files) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2] == "| a0 vs b0 | 100 | 95.00 | 96.00 | -1.00 (accuracies only) | – | – | – |"
+    assert rows[5].startswith("| pooled (2 pairs, by image) | 200 | 98.00 | 95.00 | +3.00")
+    assert rows[6].startswith("| across pairs (3, t on 2 df;") and "| 300 |" in rows[6] and "+1.67" in rows[6]
+    (tmp_path / "c0.json").write_text(json.dumps({"n": 90, "correct": 80, "split": "test"}))
+    (tmp_path / "bad.json").write_text(json.dumps({"accuracy": 0.9}))
+    for bad, message in ((["a0.json", "c0.json"], "different images"), (["a0.json", "bad.json"], "needs n"),
+                         (["a0.json", "a1.npz"], "two prediction files or two eval summaries")):
+        with pytest.raises(SystemExit) as e:
+            main([str(tmp_path / f) for f in bad])
+        assert e.value.code == 2 and message in capsys.readouterr().err

@@ -16,17 +16,26 @@ about it; only the discordant ones do: b = A right and B wrong, c = A wrong and 
 asks whether b and c could be two draws of a fair coin over b + c images (two-sided binomial p), and the paired
 95 % interval of the accuracy difference is (b - c) / n +- 1.96 se with the paired standard error. This is the
 test-set sampling noise only: a second training seed moves a binary net by more (0.5-0.7 points here).
+
+That is why, with two pairs or more (one per training seed), the tool adds a row *across pairs*: the mean of
+the pairs' differences with a Student-t interval on J - 1 degrees of freedom from their spread, and the
+one-sample t-test p. It asks whether the recipe beats the other one, seed to seed, rather than whether these
+particular trained nets differ on these images. A pair may also be two `bonn-serve eval --json` summaries
+(A.json B.json) when the per-image predictions of older runs are gone: such a pair has no discordant counts, so
+it is left out of the by-image pooled row and counts only in the across-pairs row.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 
 def load_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -36,6 +45,18 @@ def load_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
         if missing:
             raise ValueError(f"{path}: not a `bonn-serve eval --predictions` file (missing {sorted(missing)})")
         return z["pred"].astype(np.int64), z["label"].astype(np.int64), str(z["split"])
+
+
+def load_eval_summary(path: Path) -> tuple[int, int, str]:
+    """(images, correct, split) from a `bonn-serve eval --json` file."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not {"n", "correct", "split"} <= data.keys():
+        raise ValueError(f"{path}: not a `bonn-serve eval --json` file (needs n, correct and split)")
+    n, correct = int(data["n"]), int(data["correct"])
+    if not 0 <= correct <= n or n == 0:
+        raise ValueError(f"{path}: {correct} correct of {n} images")
+    return n, correct, str(data["split"])
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -68,6 +89,26 @@ def compare(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[
     return row
 
 
+def compare_summaries(n: int, correct_a: int, correct_b: int) -> dict[str, Any]:
+    """A pair known only by its two accuracies: the difference, without an interval or per-image data."""
+    return {"n": n, "acc_a": correct_a / n, "acc_b": correct_b / n, "diff": (correct_a - correct_b) / n}
+
+
+def across_pairs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pairs' differences as J draws of the recipe's effect (module docstring): their mean, its Student-t
+    95 % interval on J - 1 degrees of freedom, and the one-sample t-test p against 0."""
+    if len(rows) < 2:
+        raise ValueError("an interval across pairs needs two pairs or more")
+    diffs = np.array([r["diff"] for r in rows], dtype=np.float64)
+    j, mean = diffs.size, float(diffs.mean())
+    se = float(diffs.std(ddof=1)) / math.sqrt(j)
+    half = float(stats.t.ppf(0.975, j - 1)) * se
+    p = 1.0 if se == 0 and mean == 0 else (0.0 if se == 0 else float(2 * stats.t.sf(abs(mean) / se, j - 1)))
+    return {"n": sum(r["n"] for r in rows), "pairs": j, "acc_a": float(np.mean([r["acc_a"] for r in rows])),
+            "acc_b": float(np.mean([r["acc_b"] for r in rows])), "diff": mean, "sd": float(diffs.std(ddof=1)),
+            "ci_low": mean - half, "ci_high": mean + half, "p": p}
+
+
 def pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One comparison over several pairs (module docstring): on the same images, clustered by image; on
     different image sets, as independent images (discordant counts summed)."""
@@ -89,6 +130,13 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compare_files(path_a: Path, path_b: Path) -> dict[str, Any]:
+    if path_a.suffix == ".json" or path_b.suffix == ".json":
+        if path_a.suffix != path_b.suffix:
+            raise ValueError(f"{path_a} and {path_b}: a pair is two prediction files or two eval summaries")
+        (n_a, right_a, split_a), (n_b, right_b, split_b) = load_eval_summary(path_a), load_eval_summary(path_b)
+        if (n_a, split_a) != (n_b, split_b):
+            raise ValueError(f"{path_a} and {path_b} were evaluated on different images")
+        return compare_summaries(n_a, right_a, right_b)
     pred_a, labels, split_a = load_predictions(path_a)
     pred_b, labels_b, split_b = load_predictions(path_b)
     if split_a != split_b or not np.array_equal(labels, labels_b):
@@ -97,6 +145,12 @@ def compare_files(path_a: Path, path_b: Path) -> dict[str, Any]:
 
 
 def _table_row(label: str, r: dict[str, float]) -> str:
+    if "ci_low" not in r:  # a pair known by its accuracies only
+        return (f"| {label} | {r['n']} | {100 * r['acc_a']:.2f} | {100 * r['acc_b']:.2f} | {100 * r['diff']:+.2f} "
+                "(accuracies only) | – | – | – |")
+    if "pairs" in r:  # across pairs: no discordant counts, a t-test p
+        return (f"| {label} | {r['n']} | {100 * r['acc_a']:.2f} | {100 * r['acc_b']:.2f} | {100 * r['diff']:+.2f} "
+                f"({100 * r['ci_low']:+.2f} … {100 * r['ci_high']:+.2f}) | – | – | t-test {r['p']:.3g} |")
     return (f"| {label} | {r['n']} | {100 * r['acc_a']:.2f} | {100 * r['acc_b']:.2f} | {100 * r['diff']:+.2f} "
             f"({100 * r['ci_low']:+.2f} … {100 * r['ci_high']:+.2f}) | {r['a_only']} | {r['b_only']} | {r['p']:.3g} |")
 
@@ -105,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.paired", description=__doc__.split("\n")[0])
     p.add_argument("files", type=Path, nargs="+", metavar="A.npz B.npz",
                    help="predictions (`bonn-serve eval M --predictions M.npz`) of model A then model B, on the "
-                        "same images; more pairs are pooled")
+                        "same images; more pairs are pooled. A pair may be two `bonn-serve eval --json` "
+                        "summaries instead (A.json B.json)")
     p.add_argument("--names", nargs=2, default=("A", "B"), metavar=("A", "B"))
     args = p.parse_args(argv)
     if len(args.files) % 2:
@@ -120,9 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for (a_path, b_path), r in zip(pairs, rows):
         print(_table_row(f"{a_path.stem} vs {b_path.stem}", r))
+    with_images = [r for r in rows if "d" in r]
+    if len(with_images) > 1:
+        pool = pooled(with_images)
+        print(_table_row(f"pooled ({len(with_images)} pairs, {pool['method']})", pool))
     if len(rows) > 1:
-        pool = pooled(rows)
-        print(_table_row(f"pooled ({len(rows)} pairs, {pool['method']})", pool))
+        seeds = across_pairs(rows)
+        print(_table_row(f"across pairs ({len(rows)}, t on {len(rows) - 1} df; sd {100 * seeds['sd']:.2f})", seeds))
     return 0
 
 
