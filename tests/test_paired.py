@@ -137,7 +137,9 @@ def test_cli_takes_eval_summaries_for_pairs_whose_predictions_are_gone(tmp_path,
     assert rows[6].startswith("| across pairs (3, t on 2 df;") and "| 300 |" in rows[6] and "+1.67" in rows[6]
     (tmp_path / "c0.json").write_text(json.dumps({"n": 90, "correct": 80, "split": "test"}))
     (tmp_path / "bad.json").write_text(json.dumps({"accuracy": 0.9}))
+    (tmp_path / "odd.json").write_text(json.dumps({"n": "100", "correct": None, "split": "test"}))
     for bad, message in ((["a0.json", "c0.json"], "different images"), (["a0.json", "bad.json"], "needs n"),
+                         (["a0.json", "odd.json"], "None correct of 100 images"),
                          (["a0.json", "a1.npz"], "two prediction files or two eval summaries")):
         with pytest.raises(SystemExit) as e:
             main([str(tmp_path / f) for f in bad])

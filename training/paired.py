@@ -53,8 +53,8 @@ def load_eval_summary(path: Path) -> tuple[int, int, str]:
         data = json.load(f)
     if not isinstance(data, dict) or not {"n", "correct", "split"} <= data.keys():
         raise ValueError(f"{path}: not a `bonn-serve eval --json` file (needs n, correct and split)")
-    n, correct = int(data["n"]), int(data["correct"])
-    if not 0 <= correct <= n or n == 0:
+    n, correct = data["n"], data["correct"]
+    if not (type(n) is int and type(correct) is int and 0 <= correct <= n and n > 0):
         raise ValueError(f"{path}: {correct} correct of {n} images")
     return n, correct, str(data["split"])
 
