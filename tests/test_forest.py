@@ -44,6 +44,7 @@ def test_three_seeds_get_a_t_row_and_two_do_not(tmp_path):
     ("r,42,0,nan,80.5,-0.5,,,s\n", "finite"),
     (",42,0,80.0,80.5,-0.5,,,s\n", "empty group"),
     ("", "no rows"),
+    ("r,42\n", "bonn_pct must be a number"),  # a short row
 ])
 def test_a_wrong_row_is_refused_with_its_line(tmp_path, body, message):
     with pytest.raises(ValueError, match=message):

@@ -47,8 +47,7 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
         rows = []
         for line, raw in enumerate(reader, start=2):
-            row: dict[str, Any] = {"group": raw["group"].strip(), "source": raw["source"].strip(),
-                                   "seed": raw["seed"].strip()}
+            row: dict[str, Any] = {k: (raw.get(k) or "").strip() for k in ("group", "seed", "source")}
             if not row["group"]:
                 raise ValueError(f"line {line}: empty group")
             epochs = _number(raw, "epochs", line)
