@@ -86,12 +86,17 @@ def test_pooled_over_different_images_sums_the_discordant_counts():
     assert r["diff"] == pytest.approx(2 / 20) and r["p"] == mcnemar_exact_p(3, 1)
 
 
-def test_cli_pools_pairs_and_refuses_an_odd_file_count(tmp_path, capsys):
+def _save_two_pairs(tmp_path):
+    """a1/b1: A alone right on 10 of 100 images; a2/b2: B alone right on 4."""
     y = np.arange(100) % 10
     _save(tmp_path / "a1.npz", y, y)
     _save(tmp_path / "b1.npz", np.where(np.arange(100) < 10, (y + 1) % 10, y), y)
     _save(tmp_path / "a2.npz", np.where(np.arange(100) < 4, (y + 1) % 10, y), y)
     _save(tmp_path / "b2.npz", y, y)
+
+
+def test_cli_pools_pairs_and_refuses_an_odd_file_count(tmp_path, capsys):
+    _save_two_pairs(tmp_path)
     files = [str(tmp_path / f) for f in ("a1.npz", "b1.npz", "a2.npz", "b2.npz")]
     assert main(files) == 0
     rows = capsys.readouterr().out.splitlines()
@@ -122,11 +127,7 @@ def test_across_pairs_is_a_t_interval_on_the_pairs_differences():
 
 def test_cli_takes_eval_summaries_for_pairs_whose_predictions_are_gone(tmp_path, capsys):
     """A pair of `bonn-serve eval --json` files counts in the across-pairs row, not in the by-image pool."""
-    y = np.arange(100) % 10
-    _save(tmp_path / "a1.npz", y, y)
-    _save(tmp_path / "b1.npz", np.where(np.arange(100) < 10, (y + 1) % 10, y), y)
-    _save(tmp_path / "a2.npz", np.where(np.arange(100) < 4, (y + 1) % 10, y), y)
-    _save(tmp_path / "b2.npz", y, y)
+    _save_two_pairs(tmp_path)
     for name, correct in (("a0", 95), ("b0", 96)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"n": 100, "correct": correct, "split": "test"}))
     files = [str(tmp_path / f) for f in ("a0.json", "b0.json", "a1.npz", "b1.npz", "a2.npz", "b2.npz")]
