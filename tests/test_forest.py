@@ -67,3 +67,10 @@ def test_the_committed_table_reads_and_matches_its_accuracies():
     """models/logs/bonn_vs_b.csv is what the README's figure is drawn from: every row passes the checks."""
     rows = read_pairs(Path(__file__).resolve().parents[1] / "models" / "logs" / "bonn_vs_b.csv")
     assert len(rows) >= 20
+
+
+def test_the_committed_markdown_is_the_table_of_the_committed_csv():
+    """models/logs/bonn_vs_b.md is derived from the CSV; a row added to one but not regenerated fails here."""
+    logs = Path(__file__).resolve().parents[1] / "models" / "logs"
+    expected = table(with_summaries(read_pairs(logs / "bonn_vs_b.csv"))) + "\n"
+    assert (logs / "bonn_vs_b.md").read_text(encoding="utf-8") == expected
